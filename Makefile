@@ -1,0 +1,34 @@
+# nslab — the two commands a newcomer needs: `sudo make demo` and `sudo make test`.
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+NSLAB := $(VENV)/bin/nslab
+
+.PHONY: provision demo test test-fast lint format images clean
+
+provision:
+	@bash scripts/provision.sh
+
+demo: provision
+	@$(PY) -m nslab.demo
+
+test: provision lint
+	@bash scripts/run-tests.sh
+
+test-fast: provision
+	@$(PY) -m pytest -q -m "not slow" tests
+
+lint: provision
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/ruff format --check .
+
+format: provision
+	@$(VENV)/bin/ruff format .
+	@$(VENV)/bin/ruff check --fix .
+
+images: provision
+	@$(NSLAB) images build
+
+clean:
+	@if [ -x $(NSLAB) ]; then $(NSLAB) down --all; fi
+	rm -rf .pytest_cache .ruff_cache

@@ -1,0 +1,410 @@
+"""An inference pod: one model behind the Open Inference Protocol (KServe v2, as
+Triton speaks it) over HTTP/1.1, with dynamic batching and Prometheus metrics.
+
+Run one:   python -m nslab.serving.pod --model digits --device sim-gpu --profile slow --port 8000
+or from a topology node's config via `command(node_config)`.
+
+Endpoints: GET /v2, /v2/health/live, /v2/health/ready, /v2/models/{m}[/versions/{v}],
+/v2/models/{m}[/versions/{v}]/ready, POST /v2/models/{m}[/versions/{v}]/infer, GET /metrics.
+Tensors travel as JSON (`data`) or with Triton's binary-data extension
+(`Inference-Header-Content-Length`), which `tritonclient.http` uses by default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import signal
+import sys
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nslab.errors import NslabError
+from nslab.serving import models as model_repo
+from nslab.serving.batching import (
+    BatcherMetrics,
+    BatchPolicy,
+    NoBatching,
+    QueueFull,
+    TritonPolicy,
+)
+from nslab.serving.batching import Batcher as _Batcher
+from nslab.serving.devices import make_device
+from nslab.serving.http import Request, Response, serve
+from nslab.serving.metrics import Counter, Gauge, Histogram
+
+
+@dataclass
+class PodConfig:
+    """A pod's settings; the same keys as a `pod` node in a topology file."""
+
+    model: str = "digits"  # name in the model repository (built-in: identity, digits, cnn)
+    device: str = "cpu"  # cpu | cuda | sim-gpu
+    max_batch_size: int = 1  # 1 = no batching
+    max_queue_delay_us: float = 0  # how long the batcher may hold a request to fill a batch
+    queue_limit: int = 1024  # requests waiting beyond this are rejected with HTTP 503
+    concurrency: int = 1  # batches executing at once (Triton's instance count)
+    profile: str = "fast"  # sim-gpu profile name or 'a=<ms>,c=<ms>,sat=<n>'
+    time_scale: float = 1.0  # sim-gpu: multiply the profile's times (slow a GPU down)
+    port: int = 8000
+    host: str = "0.0.0.0"
+    repo: str = ""  # model repository ('' = $NSLAB_MODEL_REPO or ~/.cache/nslab/models)
+    policy: str = ""  # batching policy: '' (Triton's rule), 'none', or 'FILE.py:Class'
+    name: str = ""  # pod name (metrics label); default: the model's name
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "pod config") -> PodConfig:
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(d) - set(known) - {"kind", "image", "ip", "gateway", "interfaces"})
+        if unknown:
+            raise NslabError(
+                f"{where}: unknown key(s) {', '.join(unknown)}; pod keys are {', '.join(known)}"
+            )
+        out = cls()
+        for k, v in d.items():
+            if k not in known:
+                continue
+            default = getattr(out, k)
+            try:
+                setattr(out, k, type(default)(v))
+            except (TypeError, ValueError) as exc:
+                raise NslabError(
+                    f"{where}: key {k!r} = {v!r} is not a valid {type(default).__name__}"
+                ) from exc
+        if out.device not in ("cpu", "cuda", "sim-gpu"):
+            raise NslabError(f"{where}: device {out.device!r} unknown; use cpu, cuda or sim-gpu")
+        for k in ("max_batch_size", "queue_limit", "concurrency"):
+            if getattr(out, k) < 1:
+                raise NslabError(f"{where}: {k} must be >= 1 (got {getattr(out, k)})")
+        if out.max_queue_delay_us < 0:
+            raise NslabError(f"{where}: max_queue_delay_us must be >= 0")
+        return out
+
+
+def command(node_config: dict[str, Any]) -> list[str]:
+    """The command line that runs a pod with this node config (e.g. in a node's namespace)."""
+    cfg = PodConfig.from_dict(dict(node_config))
+    d = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
+    return [sys.executable, "-m", "nslab.serving.pod", "--config", json.dumps(d)]
+
+
+def load_policy(spec: str, max_batch_size: int) -> BatchPolicy:
+    if not spec:
+        return NoBatching() if max_batch_size == 1 else TritonPolicy()
+    if spec == "none":
+        return NoBatching()
+    if spec == "triton":
+        return TritonPolicy()
+    path, sep, cls_name = spec.rpartition(":")
+    if not sep or not path.endswith(".py"):
+        raise NslabError(f"batching policy {spec!r}: write it as FILE.py:ClassName")
+    if not Path(path).is_file():
+        raise NslabError(f"batching policy file {path} does not exist")
+    mod_spec = importlib.util.spec_from_file_location(f"nslab_policy_{Path(path).stem}", path)
+    assert mod_spec and mod_spec.loader
+    mod = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(mod)
+    cls = getattr(mod, cls_name, None)
+    if cls is None:
+        raise NslabError(f"batching policy file {path} defines no class {cls_name!r}")
+    return cls()
+
+
+class BadRequest(Exception):
+    pass
+
+
+def _decode_inputs(
+    model: model_repo.Model, header: dict, binary: bytes
+) -> tuple[dict[str, np.ndarray], int]:
+    specs = {t.name: t for t in model.inputs}
+    got: dict[str, np.ndarray] = {}
+    offset = 0
+    if not isinstance(header.get("inputs"), list) or not header["inputs"]:
+        raise BadRequest("request has no 'inputs' list")
+    for t in header["inputs"]:
+        name = t.get("name")
+        if name not in specs:
+            raise BadRequest(f"unexpected input {name!r}; model {model.name} expects {list(specs)}")
+        spec = specs[name]
+        dt = t.get("datatype")
+        if dt != spec.datatype:
+            raise BadRequest(f"input {name}: datatype {dt!r}, expected {spec.datatype}")
+        shape = t.get("shape")
+        if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
+            raise BadRequest(f"input {name}: 'shape' must be a list of non-negative integers")
+        dims = spec.dims
+        if len(shape) != len(dims) + 1 or any(
+            d != -1 and d != s for d, s in zip(dims, shape[1:], strict=True)
+        ):
+            raise BadRequest(f"input {name}: shape {shape}, expected [batch, {dims}] (-1 = any)")
+        np_dt = model_repo.DTYPES[dt]
+        size = (t.get("parameters") or {}).get("binary_data_size")
+        try:
+            if size is not None:
+                arr = np.frombuffer(binary, np_dt, count=int(np.prod(shape)), offset=offset)
+                offset += int(size)
+            elif "data" in t:
+                arr = np.asarray(t["data"], dtype=np_dt)
+            else:
+                raise BadRequest(f"input {name}: no 'data' and no binary_data_size")
+            arr = arr.reshape(shape)
+        except ValueError as exc:
+            raise BadRequest(f"input {name}: data does not fit shape {shape}: {exc}") from exc
+        got[name] = arr
+    missing = set(specs) - set(got)
+    if missing:
+        raise BadRequest(f"missing input(s) {sorted(missing)}")
+    rows = {a.shape[0] for a in got.values()}
+    if len(rows) != 1:
+        raise BadRequest("inputs disagree on the batch dimension")
+    n = rows.pop()
+    if n < 1:
+        raise BadRequest("batch dimension is 0")
+    if n > model.max_batch_size:
+        raise BadRequest(f"batch of {n} exceeds the model's max_batch_size {model.max_batch_size}")
+    return got, n
+
+
+class Pod:
+    """The pod's request handling (usable in-process: `await Pod(cfg).start()`)."""
+
+    def __init__(self, cfg: PodConfig):
+        self.cfg = cfg
+        self.model = model_repo.load(cfg.model, cfg.repo or None)
+        self.name = cfg.name or self.model.name
+        self.device = make_device(
+            cfg.device, self.model, cfg.concurrency, cfg.profile, cfg.time_scale
+        )
+        self.metrics = BatcherMetrics()
+        r = self.metrics.registry
+        self.requests = r.add(Counter("nslab_requests_total", "inference requests by HTTP status"))
+        self.inflight = r.add(Gauge("nslab_inflight_requests", "requests received, not answered"))
+        self.latency = r.add(
+            Histogram(
+                "nslab_request_seconds",
+                "time from request to response inside the pod",
+                [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5],
+            )
+        )
+        self.batcher = _Batcher(
+            self.device,
+            cfg.max_batch_size,
+            cfg.max_queue_delay_us,
+            cfg.queue_limit,
+            load_policy(cfg.policy, cfg.max_batch_size),
+            self.metrics,
+            self.model.name,
+        )
+        self.server: asyncio.base_events.Server | None = None
+        self.port = cfg.port
+        self._inflight = 0
+
+    async def start(self) -> int:
+        self.batcher.start()
+        self.server = await serve(self.handle, self.cfg.host, self.cfg.port)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self.port
+
+    async def stop(self) -> None:
+        if self.server:
+            self.server.close()
+        await self.batcher.stop()
+
+    async def handle(self, req: Request) -> Response:
+        parts = [p for p in req.path.split("/") if p]
+        if parts == ["metrics"]:
+            return Response(
+                200, self.metrics.registry.render().encode(), "text/plain; version=0.0.4"
+            )
+        if not parts or parts[0] != "v2":
+            return Response.error(404, f"no such endpoint {req.path}; try /v2 or /metrics")
+        rest = parts[1:]
+        if rest == []:
+            return Response.json(
+                {"name": "nslab-pod", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
+            )
+        if rest in (["health", "live"], ["health", "ready"]):
+            return Response(200, b"")
+        if len(rest) >= 2 and rest[0] == "models":
+            name, tail = rest[1], rest[2:]
+            if len(tail) >= 2 and tail[0] == "versions":
+                tail = tail[2:]
+            if name != self.model.name:
+                return Response.error(
+                    404, f"unknown model {name!r}; this pod serves {self.model.name!r}"
+                )
+            if tail == []:
+                return Response.json(self.model.metadata())
+            if tail == ["ready"]:
+                return Response(200, b"")
+            if tail == ["config"]:
+                return Response.json(self.model.config)
+            if tail == ["infer"]:
+                if req.method != "POST":
+                    return Response.error(405, "infer needs POST")
+                return await self.infer(req)
+        return Response.error(404, f"no such endpoint {req.path}")
+
+    async def infer(self, req: Request) -> Response:
+        t0 = time.perf_counter()
+        self._inflight += 1
+        self.inflight.set(self._inflight)
+        try:
+            resp = await self._infer(req)
+        finally:
+            self._inflight -= 1
+            self.inflight.set(self._inflight)
+        self.requests.inc(code=str(resp.status))
+        if resp.status == 200:
+            self.latency.observe(time.perf_counter() - t0)
+        return resp
+
+    async def _infer(self, req: Request) -> Response:
+        try:
+            hlen = req.headers.get("inference-header-content-length")
+            if hlen is not None:
+                header = json.loads(req.body[: int(hlen)])
+                binary = req.body[int(hlen) :]
+            else:
+                header = json.loads(req.body)
+                binary = b""
+            if not isinstance(header, dict):
+                raise BadRequest("request body must be a JSON object")
+            inputs, rows = _decode_inputs(self.model, header, binary)
+        except (ValueError, BadRequest) as exc:
+            return Response.error(400, f"bad inference request: {exc}")
+        try:
+            fut = self.batcher.submit(inputs, rows)
+        except QueueFull as exc:
+            return Response.error(503, f"pod {self.name}: {exc}; retry later or add pods")
+        try:
+            outputs, queue_s, compute_s, batch = await fut
+        except Exception as exc:
+            return Response.error(500, f"model {self.model.name} failed: {exc!r}")
+        return self._encode(header, outputs, queue_s, compute_s, batch)
+
+    def _encode(self, header: dict, outputs: dict, queue_s, compute_s, batch) -> Response:
+        wanted = header.get("outputs")
+        all_binary = bool((header.get("parameters") or {}).get("binary_data_output"))
+        if wanted:
+            names = []
+            binary_of = {}
+            for o in wanted:
+                if o.get("name") not in outputs:
+                    return Response.error(
+                        400, f"unknown output {o.get('name')!r}; have {list(outputs)}"
+                    )
+                names.append(o["name"])
+                binary_of[o["name"]] = bool(
+                    (o.get("parameters") or {}).get("binary_data", all_binary)
+                )
+        else:
+            names = list(outputs)
+            binary_of = dict.fromkeys(names, all_binary)
+        specs = {t.name: t for t in self.model.outputs}
+        out_json = []
+        blobs = []
+        for n in names:
+            arr = np.ascontiguousarray(outputs[n], dtype=model_repo.DTYPES[specs[n].datatype])
+            entry: dict[str, Any] = {
+                "name": n,
+                "datatype": specs[n].datatype,
+                "shape": list(arr.shape),
+            }
+            if binary_of[n]:
+                blob = arr.tobytes()
+                entry["parameters"] = {"binary_data_size": len(blob)}
+                blobs.append(blob)
+            else:
+                entry["data"] = arr.ravel().tolist()
+            out_json.append(entry)
+        body = {
+            "model_name": self.model.name,
+            "model_version": "1",
+            "outputs": out_json,
+            "parameters": {
+                "queue_us": round(queue_s * 1e6),
+                "compute_us": round(compute_s * 1e6),
+                "batch_size": batch,
+                "pod": self.name,
+            },
+        }
+        if "id" in header:
+            body["id"] = header["id"]
+        js = json.dumps(body, separators=(",", ":")).encode()
+        if not blobs:
+            return Response(200, js)
+        return Response(
+            200,
+            js + b"".join(blobs),
+            "application/octet-stream",
+            {"Inference-Header-Content-Length": str(len(js))},
+        )
+
+
+async def run_pod(cfg: PodConfig, ready_line: bool = True) -> None:
+    pod = Pod(cfg)
+    port = await pod.start()
+    if ready_line:
+        print(f"READY {port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await pod.stop()
+
+
+def add_pod_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config", help="pod config as JSON or a YAML/JSON file (keys as in docs/serving.md)"
+    )
+    for f in fields(PodConfig):
+        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None)
+
+
+def config_from_args(args: argparse.Namespace) -> PodConfig:
+    d: dict[str, Any] = {}
+    if args.config:
+        text = args.config
+        if not text.lstrip().startswith("{"):
+            import yaml
+
+            path = Path(text)
+            if not path.is_file():
+                raise NslabError(f"--config {text}: no such file (or pass inline JSON)")
+            d = yaml.safe_load(path.read_text()) or {}
+            where = str(path)
+        else:
+            d = json.loads(text)
+            where = "--config"
+    else:
+        where = "command line"
+    for f in fields(PodConfig):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            d[f.name] = v
+    return PodConfig.from_dict(d, where)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m nslab.serving.pod", description=__doc__)
+    add_pod_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        asyncio.run(run_pod(config_from_args(args)))
+    except NslabError as exc:
+        print(f"nslab pod: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from nslab.controller.runner import main
+
+sys.exit(main())

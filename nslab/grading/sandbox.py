@@ -1,0 +1,299 @@
+"""Run student code as an unprivileged user with resource limits.
+
+The grader (root) never runs student code as root. `demote(user, limits)`
+returns a function for `subprocess.Popen(preexec_fn=...)` that lowers the
+rlimits (CPU seconds, address space, process count, file size, open files,
+no core dumps) and drops to the student user. Lowering limits needs no
+privilege; raising above a hard limit fails, so limits are clamped to the
+current hard limits.
+
+RLIMIT_NPROC counts every process of a user, so each concurrent grading slot
+gets its own dedicated system user (`nslab-student`, `nslab-student1`, ...):
+a fork bomb in one submission cannot starve another, and after a submission
+`kill_user_processes` kills exactly the processes of that slot's user (only
+sandboxed student code ever runs as it).
+
+Used as a program, it is an exec wrapper for places where a preexec function
+cannot be passed (e.g. after `ip netns exec`):
+
+    python -m nslab.grading.sandbox --user nslab-student --limits '{"nproc": 32}' -- cmd args
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import pwd
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from nslab.errors import NslabError
+
+DEFAULT_USER = "nslab-student"
+_MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of sandboxed student code (see lab.yaml `limits:`)."""
+
+    cpu_s: int = 600  # CPU seconds (RLIMIT_CPU): SIGXCPU, then SIGKILL
+    memory_mb: int = 1024  # address space (RLIMIT_AS)
+    nproc: int = 64  # processes+threads of the user (RLIMIT_NPROC)
+    fsize_mb: int = 64  # largest file it may write (RLIMIT_FSIZE)
+    nofile: int = 1024  # open files (RLIMIT_NOFILE)
+    disk_mb: int = 256  # size of the work dir when it is a tmpfs
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> Limits:
+        d = d or {}
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: int(v) for k, v in d.items() if k in known})
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    def rlimits(self) -> list[tuple[int, int]]:
+        return [
+            (resource.RLIMIT_CPU, self.cpu_s),
+            (resource.RLIMIT_AS, self.memory_mb * _MB),
+            (resource.RLIMIT_NPROC, self.nproc),
+            (resource.RLIMIT_FSIZE, self.fsize_mb * _MB),
+            (resource.RLIMIT_NOFILE, self.nofile),
+            (resource.RLIMIT_CORE, 0),
+        ]
+
+
+def slot_user(base: str | None, slot: int) -> str:
+    """The dedicated user of grading slot `slot` (0: the base name itself)."""
+    base = base or os.environ.get("NSLAB_STUDENT_USER", DEFAULT_USER)
+    return base if slot == 0 else f"{base}{slot}"
+
+
+def ensure_user(name: str) -> pwd.struct_passwd:
+    """Create `name` as a system user without login shell or home, if missing.
+    Idempotent and safe when several graders race (file lock)."""
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        pass
+    if os.geteuid() != 0:
+        raise NslabError(f"user '{name}' does not exist and only root can create it (run as root)")
+    Path("/run/nslab").mkdir(parents=True, exist_ok=True)
+    with open("/run/nslab/.useradd.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            pass
+        res = subprocess.run(
+            [
+                "useradd",
+                "--system",
+                "--user-group",
+                "--no-create-home",
+                "--home-dir",
+                "/nonexistent",
+            ]
+            + ["--shell", "/usr/sbin/nologin", name],
+            capture_output=True,
+            text=True,
+        )
+        if res.returncode != 0:
+            raise NslabError(f"cannot create user '{name}': {res.stderr.strip()}")
+    return pwd.getpwnam(name)
+
+
+def remove_user(name: str) -> None:
+    """Delete a user created by `ensure_user` (used by tests for their own users)."""
+    kill_user_processes(name)
+    subprocess.run(["userdel", name], capture_output=True)
+    subprocess.run(["groupdel", name], capture_output=True)
+
+
+def _clamped(res: int, value: int) -> tuple[int, int]:
+    _soft, hard = resource.getrlimit(res)
+    if hard != resource.RLIM_INFINITY:
+        value = min(value, hard)
+    return value, value
+
+
+def demote(
+    user: str, limits: Limits | None = None, cwd: str | None = None, new_session: bool = True
+) -> Callable[[], None]:
+    """A `preexec_fn` that applies `limits` and runs the child as `user`.
+
+    Works whether the caller is root (drops to the user) or Popen already
+    switched user (`Popen(user=...)` happens before preexec_fn): then it only
+    applies the limits."""
+    pw = pwd.getpwnam(user)
+    uid, gid = pw.pw_uid, pw.pw_gid
+    if uid == 0:
+        raise NslabError(f"refusing to sandbox as '{user}': it is root")
+    rl = [(res, _clamped(res, v)) for res, v in (limits or Limits()).rlimits()]
+
+    def _preexec() -> None:
+        if new_session:
+            try:
+                os.setsid()
+            except OSError:
+                pass  # already a session leader (e.g. Popen(start_new_session=True))
+        for res, pair in rl:
+            resource.setrlimit(res, pair)
+        if os.geteuid() == 0:
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+        elif os.geteuid() != uid:
+            raise PermissionError(f"cannot switch from uid {os.geteuid()} to {uid}")
+        os.umask(0o077)
+        if cwd:
+            os.chdir(cwd)
+
+    return _preexec
+
+
+def student_env(workdir: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """A clean environment for student code: nothing of the grader's leaks in."""
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": workdir,
+        "LANG": "C.UTF-8",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.update(extra or {})
+    return env
+
+
+def pids_of_user(user: str) -> list[int]:
+    uid = pwd.getpwnam(user).pw_uid
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                if os.stat(f"/proc/{d}").st_uid == uid:
+                    out.append(int(d))
+            except OSError:
+                pass
+    return out
+
+
+def kill_user_processes(user: str, deadline_s: float = 10.0) -> int:
+    """SIGKILL every process of the dedicated student `user`; returns how
+    many were left after the first sweep. A child that becomes the user and
+    calls kill(-1) hits all of them in one go (even a fork bomb), and is
+    repeated until none is left."""
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        return 0
+    if pw.pw_uid == 0:
+        raise NslabError("refusing to kill processes of root")
+    first = len(pids_of_user(user))
+    end = time.monotonic() + deadline_s
+    while pids_of_user(user) and time.monotonic() < end:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            try:
+                os.setgroups([])
+                os.setgid(pw.pw_gid)
+                os.setuid(pw.pw_uid)
+                os.kill(-1, signal.SIGKILL)
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        time.sleep(0.05)
+    return first
+
+
+def make_workdir(
+    parent: str | Path, prefix: str, user: str, limits: Limits, source: Path | None
+) -> Path:
+    """A fresh work dir owned by `user` (mode 0700), on its own size-limited
+    tmpfs where the host allows mounts (a disk quota for the student), with
+    `source` copied in. Symlinks are copied as links, never followed as root."""
+    import tempfile
+
+    pw = pwd.getpwnam(user)
+    wd = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    opts = f"size={limits.disk_mb}m,nr_inodes=20000,mode=0700,uid={pw.pw_uid},gid={pw.pw_gid}"
+    # No mount privilege (e.g. a container without CAP_SYS_ADMIN): a plain dir,
+    # bounded only by RLIMIT_FSIZE per file.
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", opts + ",nosuid,nodev", "nslab-work", str(wd)],
+        capture_output=True,
+    )
+    if source is not None:
+        for item in sorted(Path(source).iterdir()):
+            dst = wd / item.name
+            if item.is_symlink() or not item.is_dir():
+                shutil.copy2(item, dst, follow_symlinks=False)
+            else:
+                shutil.copytree(item, dst, symlinks=True)
+    for dirpath, dirnames, filenames in os.walk(wd):
+        for n in dirnames + filenames:
+            os.lchown(os.path.join(dirpath, n), pw.pw_uid, pw.pw_gid)
+    os.chown(wd, pw.pw_uid, pw.pw_gid)
+    os.chmod(wd, 0o700)
+    return wd
+
+
+def remove_workdir(wd: str | Path) -> None:
+    wd = str(wd)
+    if _is_mountpoint(wd):
+        r = subprocess.run(["umount", wd], capture_output=True)
+        if r.returncode != 0:
+            subprocess.run(["umount", "-l", wd], capture_output=True)
+    shutil.rmtree(wd, ignore_errors=True)
+
+
+def _is_mountpoint(path: str) -> bool:
+    try:
+        with open("/proc/self/mountinfo") as f:
+            return any(line.split()[4] == path for line in f)
+    except OSError:
+        return False
+
+
+def protect(path: Path) -> bool:
+    """Make a directory of secrets (hidden checks, solutions) unreadable for
+    anyone but its owner (root). Returns True when it changed something."""
+    if not path.exists():
+        return False
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        os.chmod(path, mode & 0o700)
+        return True
+    return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="exec a command as a sandboxed student user")
+    ap.add_argument("--user", default=None)
+    ap.add_argument("--limits", default="{}", help="JSON of Limits fields")
+    ap.add_argument("--cwd", default=None)
+    ap.add_argument("cmd", nargs=argparse.REMAINDER)
+    a = ap.parse_args(argv)
+    cmd = a.cmd[1:] if a.cmd[:1] == ["--"] else a.cmd
+    if not cmd:
+        ap.error("no command given")
+    demote(a.user or slot_user(None, 0), Limits.from_dict(json.loads(a.limits)), a.cwd)()
+    try:
+        os.execvp(cmd[0], cmd)
+    except OSError as exc:
+        print(f"sandbox: cannot run {cmd[0]}: {exc.strerror}", file=sys.stderr)
+        return 127
+
+
+if __name__ == "__main__":
+    sys.exit(main())

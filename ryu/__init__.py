@@ -25,7 +25,12 @@ _PREFIX = "ryu."
 _TARGET = "os_ken."
 
 # Modules that os-ken dropped but Ryu tutorials build on: served from this package.
-_OVERRIDES = {"ryu.app.simple_switch_13": "ryu._apps.simple_switch_13"}
+# (`from ryu.app import x` looks x up as `os_ken.app.x`, so both spellings map.)
+_OVERRIDES = {
+    f"{pkg}.app.{app}": f"ryu._apps.{app}"
+    for pkg in ("ryu", "os_ken")
+    for app in ("simple_switch_13",)
+}
 
 
 def to_os_ken(name: str) -> str:
@@ -54,7 +59,9 @@ class _AliasLoader(importlib.abc.Loader):
 
 class _RyuAliasFinder(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname, path=None, target=None):  # noqa: ANN001 (finder protocol)
-        if not fullname.startswith(_PREFIX) or fullname.startswith("ryu._apps"):
+        if fullname not in _OVERRIDES and (
+            not fullname.startswith(_PREFIX) or fullname.startswith("ryu._")
+        ):
             return None
         real = to_os_ken(fullname)
         try:

@@ -76,6 +76,8 @@ class Link:
     b: Endpoint
     params: LinkParams = field(default_factory=LinkParams)
     origin: Origin = field(default_factory=Origin)
+    # containerlab link keys nslab keeps but does not act on (mtu, labels, ...)
+    config: dict[str, Any] = field(default_factory=dict)
 
     @property
     def endpoints(self) -> tuple[Endpoint, Endpoint]:

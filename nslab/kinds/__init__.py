@@ -1,0 +1,82 @@
+"""Node kinds: one module per kind, registered here by name.
+
+A kind says what a node is (a host in its own namespace, or a switch whose
+ports live in the root namespace), which nslab keys it takes, and what is
+wrong with a node of that kind. New kinds (containers, pods, RDMA endpoints,
+NFs) are new modules that call `register()`, not special cases elsewhere.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from nslab.topo.model import Node, Topology
+
+# Node keys containerlab defines (its JSON schema, node-config). nslab accepts
+# and keeps them so that containerlab files load as-is; most only matter to
+# container kinds.
+CONTAINERLAB_NODE_KEYS = frozenset(
+    """image image-pull-policy restart-policy kind license type group startup-config
+    startup-delay enforce-startup-config suppress-startup-config auto-remove exec binds
+    volumes ports env credentials env-files user hostname entrypoint cmd labels runtime
+    mgmt-ipv4 mgmt-ipv6 network-mode link-apply-mode cpu memory cpu-set extras config
+    stages dns certificate healthcheck components aliases shm-size cap-add privileged
+    cgroupns-mode cgroup-parent pid-mode tmpfs security-opts sysctls devices""".split()
+)
+
+
+class Kind:
+    """Base class of node kinds. Subclasses set the class attributes."""
+
+    name: ClassVar[str] = ""
+    role: ClassVar[str] = "host"  # "host" or "switch"
+    # True: the node's interfaces live in the root namespace (switches, bridges)
+    root_namespace: ClassVar[bool] = False
+    # True: the node is an OpenFlow switch and gets a datapath id
+    openflow: ClassVar[bool] = False
+    # nslab keys (beyond containerlab's) this kind accepts on a node
+    allowed_keys: ClassVar[frozenset[str]] = frozenset()
+    description: ClassVar[str] = ""
+
+    def validate(self, node: Node, topo: Topology) -> list[str]:
+        """Problems with `node` that only this kind knows about, as
+        'key: what is wrong — how to fix' (the caller adds file and line)."""
+        return []
+
+
+_REGISTRY: dict[str, Kind] = {}
+_discovered = False
+
+
+def register(kind: type[Kind] | Kind) -> type[Kind] | Kind:
+    """Register a kind (usable as a class decorator)."""
+    inst = kind() if isinstance(kind, type) else kind
+    if not inst.name or inst.role not in ("host", "switch"):
+        raise ValueError(f"kind {inst!r} needs a name and role 'host' or 'switch'")
+    _REGISTRY[inst.name] = inst
+    return kind
+
+
+def _discover() -> None:
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    for info in pkgutil.iter_modules(__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+def get(name: str) -> Kind | None:
+    """The kind called `name`, or None."""
+    _discover()
+    return _REGISTRY.get(name)
+
+
+def all_kinds() -> dict[str, Kind]:
+    """Every registered kind by name."""
+    _discover()
+    return dict(sorted(_REGISTRY.items()))

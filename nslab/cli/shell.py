@@ -1,0 +1,26 @@
+"""nslab shell [--name LAB] NODE: an interactive shell inside a node."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+
+from nslab.cli.exec import find_lab
+
+VERB = "shell"
+HELP = "open an interactive shell inside a node of a running lab"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", help="lab name (optional when exactly one lab runs)")
+    p.add_argument("node")
+
+
+def run(args: argparse.Namespace) -> int:
+    lab = find_lab(args.name)
+    env = {**lab.env(), "PS1": f"{args.node}@{lab.name}:\\w# "}
+    shell = os.environ.get("SHELL", "/bin/bash")
+    return subprocess.call(
+        lab.command(args.node, [shell, "--norc"] if "bash" in shell else [shell]), env=env
+    )

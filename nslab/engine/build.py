@@ -1,0 +1,464 @@
+"""Realise a topology model on this host.
+
+Hosts are Mininet hosts (a bash shell in its own network namespace, started by
+mnexec). Everything else is batched, because Mininet's one-shell-command-per-
+object style dominates bring-up time for large topologies:
+
+- all veth pairs are created by one `ip -batch`, each end directly in its
+  final namespace (a host's `eth0` never exists in the root namespace, so two
+  labs cannot collide);
+- all Open vSwitch bridges and ports are one ovsdb transaction;
+- host shells are started in parallel and configured in parallel.
+
+Each resource is recorded in the lab's state *before* it is created, so that
+teardown (nslab.engine.teardown) can remove exactly what was made.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import select
+import shlex
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from mininet.node import Host
+
+from nslab import host as hostcaps
+from nslab.engine.state import LabState, proc_of
+from nslab.errors import NslabError
+from nslab.kinds import get as get_kind
+from nslab.topo.model import Link, LinkParams, Node, Topology
+from nslab.topo.names import bridge_name, root_ifname
+
+Progress = Callable[[str], None]
+
+
+def run(cmd: list[str], input: str | None = None, check: bool = True) -> str:
+    r = subprocess.run(cmd, input=input, capture_output=True, text=True)
+    if check and r.returncode != 0:
+        raise NslabError(f"{' '.join(cmd[:3])} failed: {r.stderr.strip() or r.stdout.strip()}")
+    return r.stdout
+
+
+def ip_batch(lines: list[str], force: bool = False) -> None:
+    """Run many `ip` commands in one process."""
+    if lines:
+        run(
+            ["ip", "-force", "-batch", "-"] if force else ["ip", "-batch", "-"],
+            "\n".join(lines) + "\n",
+            check=not force,
+        )
+
+
+class NsHost(Host):
+    """A Mininet host whose shell start is split in two, so that a thousand
+    hosts start in parallel instead of one prompt at a time."""
+
+    def startShell(self, mnopts: str | None = None) -> None:  # noqa: N802 (Mininet's name)
+        self._spawned = False
+
+    def spawn(self) -> None:
+        opts = "-cdn"
+        cmd = [
+            "mnexec",
+            opts,
+            "env",
+            "PS1=" + chr(127),
+            "bash",
+            "--norc",
+            "--noediting",
+            "-is",
+            "nslab:" + self.name,
+        ]
+        self.master, self.slave = pty.openpty()
+        self.shell = self._popen(
+            cmd, stdin=self.slave, stdout=self.slave, stderr=self.slave, close_fds=False
+        )
+        self.stdin = os.fdopen(self.master, "r")
+        self.stdout = self.stdin
+        self.pid = self.shell.pid
+        self.pollOut = select.poll()
+        self.pollOut.register(self.stdout)
+        self.outToNode[self.stdout.fileno()] = self
+        self.inToNode[self.stdin.fileno()] = self
+        self.execed, self.lastCmd, self.lastPid, self.readbuf = False, None, None, ""
+
+    def wait_prompt(self, deadline: float) -> None:
+        while True:
+            data = self.read(1024)
+            if data and data[-1] == chr(127):
+                break
+            if time.monotonic() > deadline:
+                raise NslabError(f"host {self.name}: shell did not start")
+            self.pollOut.poll(200)
+        self.waiting = False
+        self.cmd("unset HISTFILE; stty -echo; set +m")
+
+
+def ofports_of(topo: Topology, node: str) -> dict[str, int]:
+    """OpenFlow port numbers: ethN -> N, other names get the next free numbers."""
+    ifaces = sorted({lo.iface for lo, _ in topo.neighbours(node)})
+    ports: dict[str, int] = {}
+    for name in ifaces:
+        m = re.fullmatch(r"[a-z]*?(\d+)", name)
+        if m and int(m.group(1)) > 0 and int(m.group(1)) not in ports.values():
+            ports[name] = int(m.group(1))
+    nxt = max(ports.values(), default=0) + 1
+    for name in ifaces:
+        if name not in ports:
+            ports[name], nxt = nxt, nxt + 1
+    return ports
+
+
+def tc_commands(dev: str, p: LinkParams, netem_ok: bool) -> list[str]:
+    """tc lines (for `tc -batch`) shaping one interface like Mininet's TCLink."""
+    lines: list[str] = []
+    parent = "root"
+    if p.bw is not None:
+        lines += [
+            f"qdisc add dev {dev} root handle 5: htb default 1",
+            f"class add dev {dev} parent 5: classid 5:1 htb rate {p.bw}mbit burst 15k",
+        ]
+        parent = "parent 5:1"
+    if netem_ok and p.needs_netem():
+        netem = "netem"
+        if p.delay:
+            netem += f" delay {p.delay}" + (f" {p.jitter}" if p.jitter else "")
+        if p.loss:
+            netem += f" loss {p.loss}%"
+        if p.max_queue:
+            netem += f" limit {p.max_queue}"
+        lines.append(f"qdisc add dev {dev} {parent} handle 10: {netem}")
+    elif p.max_queue:
+        lines.append(f"qdisc add dev {dev} {parent} handle 10: pfifo limit {p.max_queue}")
+    return lines
+
+
+class Builder:
+    def __init__(
+        self, topo: Topology, state: LabState, progress: Progress, controller: dict | None = None
+    ) -> None:
+        self.topo = topo
+        self.state = state
+        self.progress = progress
+        self.controller = controller  # {"app", "user", "preexec"} or None
+        self.lab = state.name
+        self.hosts: dict[str, NsHost] = {}
+        self.netem_ok = hostcaps.has_netem()
+        self.userspace_ovs = not hostcaps.ovs_kernel_datapath()
+
+    # -- classification -------------------------------------------------------
+    def in_root(self, node: str) -> bool:
+        return get_kind(self.topo.nodes[node].kind).root_namespace
+
+    def nodes_of(self, kind: str) -> list[Node]:
+        return [n for n in self.topo.nodes.values() if n.kind == kind]
+
+    def host_nodes(self) -> list[Node]:
+        return [n for n in self.topo.nodes.values() if not get_kind(n.kind).root_namespace]
+
+    # -- steps ------------------------------------------------------------------
+    def build(self) -> None:
+        t0 = time.monotonic()
+        self.start_hosts()
+        self.create_links()
+        self.create_switches()
+        self.configure_hosts()
+        self.shape_links()
+        self.start_controller()
+        self.write_fabric()
+        self.state.status = "ready"
+        self.state.save()
+        self.progress(f"lab {self.lab} ready in {time.monotonic() - t0:.1f} s")
+
+    def start_hosts(self) -> None:
+        nodes = self.host_nodes()
+        if not nodes:
+            return
+        self.progress(f"starting {len(nodes)} hosts")
+        for n in nodes:
+            h = NsHost(n.name)
+            h.spawn()
+            self.hosts[n.name] = h
+            self.state.procs.append(proc_of(h.pid, f"host:{n.name}"))
+            self.state.hosts[n.name] = h.pid
+        self.state.save()
+        deadline = time.monotonic() + 30 + 0.05 * len(nodes)
+        for h in self.hosts.values():
+            h.wait_prompt(deadline)
+
+    def _end(self, node: str, iface: str) -> tuple[str, str]:
+        """(name, netns argument) of one veth end."""
+        if self.in_root(node):
+            return root_ifname(self.lab, node, iface), ""
+        return iface, f" netns {self.state.hosts[node]}"
+
+    def create_links(self) -> None:
+        if not self.topo.links:
+            return
+        self.progress(f"creating {len(self.topo.links)} links")
+        lines, root = [], []
+        for link in self.topo.links:
+            (na, nsa), (nb, nsb) = (
+                self._end(link.a.node, link.a.iface),
+                self._end(link.b.node, link.b.iface),
+            )
+            root += [n for n, ns in ((na, nsa), (nb, nsb)) if not ns]
+            lines.append(f"link add name {na}{nsa} type veth peer name {nb}{nsb}")
+        self.state.root_ifaces += root
+        self.state.save()
+        ip_batch(lines)
+        ip_batch([f"link set {n} up" for n in root])
+        if root:
+            # No IPv6 autoconf chatter from switch ports: captures show only lab traffic.
+            run(
+                ["sysctl", "-qw"] + [f"net.ipv6.conf.{n}.disable_ipv6=1" for n in root], check=False
+            )
+
+    def create_switches(self) -> None:
+        ovs, brs = self.nodes_of("ovs-bridge"), self.nodes_of("bridge")
+        if ovs:
+            self.progress(f"creating {len(ovs)} Open vSwitch bridges")
+            self.state.ovs_bridges += [bridge_name(self.lab, n.name) for n in ovs]
+            if self.topo.controller or self.controller:
+                from nslab.controller.runner import free_port
+
+                self.state.controller_port = (
+                    self.topo.controller.port
+                    if (self.topo.controller and self.topo.controller.port)
+                    else free_port()
+                )
+            self.state.save()
+            run(["ovs-vsctl", "--timeout=60"] + self._ovs_args(ovs))
+        if brs:
+            self.progress(f"creating {len(brs)} Linux bridges")
+            self.handle_br_netfilter()
+            names = [bridge_name(self.lab, n.name) for n in brs]
+            self.state.linux_bridges += names
+            self.state.save()
+            lines = []
+            for n, br in zip(brs, names, strict=True):
+                lines += [f"link add name {br} type bridge", f"link set {br} up"]
+                for iface in ofports_of(self.topo, n.name):
+                    lines.append(f"link set {root_ifname(self.lab, n.name, iface)} master {br}")
+            ip_batch(lines)
+
+    def _ovs_args(self, ovs: list[Node]) -> list[str]:
+        looped = self._has_switch_loop()
+        args: list[str] = []
+        for n in ovs:
+            br = bridge_name(self.lab, n.name)
+            ports = ofports_of(self.topo, n.name)
+            self.state.ofports[n.name] = ports
+            settings = [
+                f"other-config:datapath-id={n.dpid or 0:016x}",
+                "other-config:disable-in-band=true",
+                f"external-ids:nslab-lab={self.lab}",
+            ]
+            if self.userspace_ovs:
+                settings.append("datapath_type=netdev")
+            if self.state.controller_port:
+                settings += ["fail_mode=secure", "protocols=OpenFlow10,OpenFlow13"]
+            elif looped:
+                settings.append("rstp_enable=true")  # standalone on a looped fabric: RSTP, no storm
+            args += ["--", "add-br", br, "--", "set", "bridge", br, *settings]
+            for iface, port in ports.items():
+                dev = root_ifname(self.lab, n.name, iface)
+                args += [
+                    "--",
+                    "add-port",
+                    br,
+                    dev,
+                    "--",
+                    "set",
+                    "interface",
+                    dev,
+                    f"ofport_request={port}",
+                ]
+            if self.state.controller_port:
+                args += ["--", "set-controller", br, f"tcp:127.0.0.1:{self.state.controller_port}"]
+        return args
+
+    def _has_switch_loop(self) -> bool:
+        """A cycle among switch-switch links (union-find)."""
+        parent: dict[str, str] = {}
+
+        def find(x: str) -> str:
+            while parent.setdefault(x, x) != x:
+                x = parent[x]
+            return x
+
+        for link in self.topo.links:
+            if self.in_root(link.a.node) and self.in_root(link.b.node):
+                ra, rb = find(link.a.node), find(link.b.node)
+                if ra == rb:
+                    return True
+                parent[ra] = rb
+        return False
+
+    def handle_br_netfilter(self) -> None:
+        """Once Docker runs, br_netfilter sends bridged frames through iptables'
+        FORWARD chain (policy DROP): switch it off for the lab's lifetime."""
+        from nslab.engine import sysctl
+
+        for key in (
+            "bridge-nf-call-iptables",
+            "bridge-nf-call-ip6tables",
+            "bridge-nf-call-arptables",
+        ):
+            sysctl.acquire(self.state, f"net.bridge.{key}", "0")
+
+    def configure_hosts(self) -> None:
+        if not self.hosts:
+            return
+        self.progress(f"configuring {len(self.hosts)} hosts")
+        for name, h in self.hosts.items():
+            h.sendCmd(self._host_script(self.topo.nodes[name]))
+        for h in self.hosts.values():
+            out = h.waitOutput()
+            if "NSLAB-OK" not in out:
+                raise NslabError(f"configuring host {h.name} failed: {out.strip()[-400:]}")
+
+    def _host_script(self, node: Node) -> str:
+        cmds = [
+            "sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1",
+            "ip link set lo up",
+        ]
+        for lo, _ in self.topo.neighbours(node.name):
+            intf = node.interfaces.get(lo.iface)
+            if intf and intf.mac:
+                cmds.append(f"ip link set {lo.iface} address {intf.mac}")
+            cmds.append(f"ip link set {lo.iface} up")
+            for ipi in intf.ips if intf else []:
+                cmds.append(f"ip addr add {ipi.with_prefixlen} dev {lo.iface}")
+            if self.userspace_ovs:
+                # OVS's userspace datapath does not finish checksums/segments the
+                # kernel left to the NIC: without this, TCP stalls.
+                cmds.append(f"ethtool -K {lo.iface} tx off tso off gso off >/dev/null 2>&1")
+        if node.gateway:
+            cmds.append(f"ip route add default via {node.gateway}")
+        cmds.append("echo NSLAB-OK")
+        return " && ".join(cmds)
+
+    def shape_links(self) -> None:
+        shaped = [link for link in self.topo.links if link.params.is_shaped()]
+        if not shaped:
+            return
+        self.progress(f"shaping {len(shaped)} links")
+        root_lines: list[str] = []
+        per_host: dict[str, list[str]] = {}
+        for link in shaped:
+            for ep in link.endpoints:
+                dev, _ = self._end(ep.node, ep.iface)
+                lines = tc_commands(dev, link.params, self.netem_ok)
+                if self.in_root(ep.node):
+                    root_lines += lines
+                else:
+                    per_host.setdefault(ep.node, []).extend(lines)
+        if root_lines:
+            run(["tc", "-batch", "-"], "\n".join(root_lines) + "\n")
+        for node, lines in per_host.items():
+            h = self.hosts[node]
+            out = h.cmd(" && ".join(f"tc {ln}" for ln in lines) + " && echo NSLAB-OK")
+            if "NSLAB-OK" not in out:
+                raise NslabError(f"shaping links of {node} failed: {out.strip()[-300:]}")
+
+    def start_controller(self) -> None:
+        port = self.state.controller_port
+        if not port:
+            return
+        from nslab.controller.runner import start_controller
+
+        app = (self.controller or {}).get("app") or (
+            self.topo.controller.app if self.topo.controller else None
+        )
+        if not app:
+            raise NslabError(
+                "ovs-bridge nodes need a controller app (topology `controller:` or --controller)"
+            )
+        self.progress(f"starting controller {app} on port {port}")
+        self.write_fabric()
+        opts = self.controller or {}
+        proc = start_controller(
+            app,
+            port,
+            self.state.dir / "fabric.json",
+            self.state.dir / "controller.log",
+            user=opts.get("user"),
+            preexec=opts.get("preexec"),
+        )
+        self.state.procs.append(proc_of(proc.pid, "controller"))
+        self.state.save()
+        self.wait_connected()
+
+    def wait_connected(self, timeout: float = 30) -> None:
+        """Until every bridge says its controller connection is up."""
+        deadline = time.monotonic() + timeout
+        want = len(self.state.ovs_bridges)
+        while True:
+            out = run(
+                [
+                    "ovs-vsctl",
+                    "--timeout=5",
+                    "--format=json",
+                    "--columns=target,is_connected",
+                    "list",
+                    "controller",
+                ],
+                check=False,
+            )
+            try:
+                rows = json.loads(out)["data"] if out else []
+            except ValueError:
+                rows = []
+            target = f"tcp:127.0.0.1:{self.state.controller_port}"
+            up = sum(1 for t, c in rows if t == target and c is True)
+            if up >= want:
+                return
+            if time.monotonic() > deadline:
+                raise NslabError(
+                    f"only {up} of {want} switches connected to the controller "
+                    f"within {timeout:.0f} s: see {self.state.dir / 'controller.log'}"
+                )
+            time.sleep(0.1)
+
+    def write_fabric(self) -> None:
+        """The topology as a controller sees it: switches, ports, hosts."""
+        fabric: dict = {"lab": self.lab, "switches": {}, "hosts": {}}
+        for n in self.topo.nodes.values():
+            if n.kind in ("ovs-bridge", "bridge"):
+                ports = self.state.ofports.get(n.name) or ofports_of(self.topo, n.name)
+                peers = {lo.iface: rem for lo, rem in self.topo.neighbours(n.name)}
+                fabric["switches"][n.name] = {
+                    "dpid": n.dpid,
+                    "bridge": bridge_name(self.lab, n.name),
+                    "ports": {
+                        str(p): {
+                            "iface": i,
+                            "peer": str(peers[i]),
+                            "peer_role": "switch" if self.in_root(peers[i].node) else "host",
+                        }
+                        for i, p in ports.items()
+                    },
+                }
+            else:
+                fabric["hosts"][n.name] = {
+                    "ips": [str(i) for i in n.ips],
+                    "mac": next((i.mac for i in n.interfaces.values() if i.mac), None),
+                    "gateway": str(n.gateway) if n.gateway else None,
+                }
+        self.state.dir.mkdir(parents=True, exist_ok=True)
+        Path(self.state.dir / "fabric.json").write_text(json.dumps(fabric, indent=1))
+
+
+def quote(cmd: list[str]) -> str:
+    return " ".join(shlex.quote(c) for c in cmd)
+
+
+__all__ = ["Builder", "Link", "ofports_of", "quote"]

@@ -5,7 +5,8 @@ engine then moves the topology's veth ends into the container's network
 namespace with `ip link set IF netns <pid>` and configures them there with
 nsenter (the technique Containernet uses). Everything created here carries the
 labels `nslab.managed=1`, `nslab.lab=<lab>`, `nslab.node=<node>`, and `remove()`
-only ever removes containers with those labels.
+only ever removes containers with all three (containers inherit their image's
+labels, so nslab.managed=1 alone does not prove a container is nslab's).
 
 Node settings use containerlab's key names (see docs/images.md):
 `image`, `env`, `binds`, `exec`, `cpu`, `cpu-set`, `memory`, `shm-size`,
@@ -52,12 +53,15 @@ CONFIG_KEYS = frozenset(
         "cmd",
         "devices",
         "gpus",
+        "image-pull-policy",
     }
 )
 
 _MEM_RE = re.compile(r"^\d+(\.\d+)?\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)?$", re.IGNORECASE)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 DEFAULT_CMD = ["sleep", "infinity"]
+# containerlab's image-pull-policy -> docker run --pull
+_PULL = {"always": "always", "never": "never", "ifnotpresent": "missing"}
 
 
 @dataclass
@@ -190,6 +194,9 @@ def check_node(node: Node) -> list[str]:
                 or (isinstance(value, int) and not isinstance(value, bool) and value > 0)
             ):
                 bad(key, f"{value!r} must be 'all' or a positive number of GPUs")
+        elif key == "image-pull-policy":
+            if str(value).lower() not in _PULL:
+                bad(key, f"{value!r} must be one of IfNotPresent, Never, Always")
         elif key in ("cmd", "entrypoint", "cpu-set", "user"):
             if not isinstance(value, (str, int)) or isinstance(value, bool):
                 bad(key, "must be a string")
@@ -284,6 +291,11 @@ def run_args(
                 f"node {node.name!r} asks for gpus={cfg['gpus']!r} but this machine has no GPU "
                 "(nvidia-smi finds none): started without GPUs"
             )
+    # nslab's images are built locally and never pulled: a missing one fails fast
+    # instead of waiting on an unreachable registry.
+    default_pull = "never" if image.startswith("nslab/") else "missing"
+    policy = str(cfg.get("image-pull-policy", "")).lower()
+    args += ["--pull", _PULL.get(policy, default_pull)]
     if "entrypoint" in cfg:
         args += ["--entrypoint", str(cfg["entrypoint"])]
     args.append(image)
@@ -308,7 +320,7 @@ def start(lab: str, node: Node, image: str) -> ContainerInfo:
     old = inspect(name)
     if old is not None:
         labels = old.get("Config", {}).get("Labels") or {}
-        if labels.get(MANAGED) == "1" and labels.get(LAB_LABEL) == lab:
+        if _owned(labels, lab) and labels.get(NODE_LABEL) == node.name:
             # A leftover of a lab that was not taken down: it is ours, replace it.
             docker("rm", "--force", name)
         else:
@@ -322,7 +334,7 @@ def start(lab: str, node: Node, image: str) -> ContainerInfo:
         err = proc.stderr.strip()
         docker("rm", "--force", name, check=False)  # leave nothing half-built
         hint = ""
-        if "No such image" in err or "Unable to find image" in err or "pull access denied" in err:
+        if any(m in err for m in ("No such image", "Unable to find image", "pull access denied")):
             hint = " (build it with `nslab images build`; no registry is used)"
         elif "could not select device driver" in err:
             hint = " (GPU requested: install nvidia-container-toolkit and restart dockerd)"
@@ -398,9 +410,22 @@ def _run(cmd: list[str]) -> None:
         raise NslabError(f"`{shlex.join(cmd)}` failed: {proc.stderr.strip()}")
 
 
+def _owned(labels: dict[str, str], lab: str | None) -> bool:
+    """A container is nslab's when it carries all three ownership labels.
+    nslab.managed=1 alone is not enough: containers inherit their image's
+    labels, and nslab's images carry nslab.managed=1 too."""
+    return (
+        labels.get(MANAGED) == "1"
+        and bool(labels.get(NODE_LABEL))
+        and bool(labels.get(LAB_LABEL))
+        and (lab is None or labels.get(LAB_LABEL) == lab)
+    )
+
+
 def list_containers(lab: str | None = None) -> list[dict[str, str]]:
     """nslab's containers (of one lab, or all): id, name, lab, node, state."""
-    filters = ["--filter", f"label={MANAGED}=1"]
+    filters = ["--filter", f"label={MANAGED}=1", "--filter", f"label={NODE_LABEL}"]
+    filters += ["--filter", f"label={LAB_LABEL}"]
     if lab is not None:
         filters += ["--filter", f"label={LAB_LABEL}={lab}"]
     fmt = '{{.ID}}\t{{.Names}}\t{{.Label "nslab.lab"}}\t{{.Label "nslab.node"}}\t{{.State}}'
@@ -425,7 +450,7 @@ def remove(lab: str | None) -> list[str]:
         # Double-check the labels: a filter typo must never remove a stranger.
         info = inspect(c["id"])
         labels = ((info or {}).get("Config") or {}).get("Labels") or {}
-        if labels.get(MANAGED) != "1" or (lab is not None and labels.get(LAB_LABEL) != lab):
+        if not _owned(labels, lab):
             continue
         docker("rm", "--force", "--volumes", c["id"], check=False)
         names.append(c["name"])

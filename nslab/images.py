@@ -216,7 +216,10 @@ def input_hash(
     if spec.parent is None:
         feed(base_source, SUITE, "minbase", *packages(spec.dir.parent))
         if base_source == "registry":
-            feed((spec.dir / "Dockerfile.registry").read_bytes())
+            reg = spec.dir / "Dockerfile.registry"
+            if not reg.is_file():
+                raise NslabError(f"{reg} is missing: the registry base cannot be built")
+            feed(reg.read_bytes())
     else:
         feed("parent", parent_hash or "")
         for name, f in _files(spec, repo_root):
@@ -245,14 +248,14 @@ def tag_of(spec: ImageSpec, digest: str) -> str:
 # --- the Debian mirror ---------------------------------------------------------------
 
 
-def debian_mirror(suite: str = SUITE) -> str:
+def debian_mirror(suite: str = SUITE, apt_dir: Path = Path("/etc/apt")) -> str:
     """$NSLAB_DEBIAN_MIRROR, else the first apt source of `suite` on this machine
     (sources.list and deb822 *.sources), so nothing site-specific is hard-coded."""
     env = os.environ.get("NSLAB_DEBIAN_MIRROR")
     if env:
         return env
-    files = [Path("/etc/apt/sources.list")]
-    d = Path("/etc/apt/sources.list.d")
+    files = [apt_dir / "sources.list"]
+    d = apt_dir / "sources.list.d"
     if d.is_dir():
         files += sorted(d.iterdir())
     for f in files:

@@ -611,3 +611,36 @@ def resolve(ref: str, *, build_missing: bool = True, progress: Progress = print)
             raise NslabError(f"image {tag} is not built: run `nslab images build {spec.name}`")
         build([spec.name], progress=progress)
     return tag
+
+
+def prune(
+    root: Path | None = None,
+    *,
+    base_source: str | None = None,
+    repo_root: Path = REPO_ROOT,
+    progress: Progress = print,
+) -> list[str]:
+    """Untag old builds: tags of images in `root` that are neither the current
+    hash tag nor :latest. Tags a container still uses are kept (docker refuses).
+    Returns the tags removed."""
+    base_source = base_source or os.environ.get("NSLAB_BASE_SOURCE", "local")
+    require_docker()
+    p = plan(root, base_source=base_source, repo_root=repo_root)
+    current = {tag_of(spec, digest) for spec, digest in p.values()}
+    listing = docker(
+        "image", "ls", "--filter", "label=nslab.managed=1", "--format", "{{.Repository}}:{{.Tag}}"
+    )
+    removed = []
+    for ref in listing.stdout.split():
+        repo, _, tag = ref.rpartition(":")
+        if not repo.startswith("nslab/") or repo[len("nslab/") :] not in p:
+            continue  # not one of the images of this tree
+        if ref in current or tag in ("latest", "<none>"):
+            continue
+        proc = docker("rmi", ref, check=False)
+        if proc.returncode == 0:
+            removed.append(ref)
+            progress(f"removed {ref}")
+        else:
+            progress(f"kept {ref}: {proc.stderr.strip()}")
+    return removed

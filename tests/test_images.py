@@ -268,6 +268,17 @@ def test_changed_input_rebuilds_only_that_image(
             "/opt/repo/src/mod.py",
         )
         assert out.stdout == "hello 2\nX = 1\n", "latest must point at the rebuilt image"
+
+        removed = images.prune(root=root, repo_root=repo_root, progress=lambda _line: None)
+        assert first["timgprobe"].tag in removed, "the old hash tag is pruned"
+        assert third["timgprobe"].tag not in removed and third["base"].tag not in removed
+        assert (
+            containers.docker("image", "inspect", third["timgprobe"].tag, check=False).returncode
+            == 0
+        )
+        assert (
+            containers.docker("image", "inspect", nslab_images["nf"], check=False).returncode == 0
+        )
     finally:
         for tag in [*built, "nslab/timgprobe:latest"]:
             containers.docker("rmi", "--force", tag, check=False)

@@ -26,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "registry: FROM debian:bookworm-slim",
     )
     sub.add_parser("list", help="show each image's current hash tag and whether it is built")
+    sub.add_parser(
+        "prune", help="remove old hash tags of nslab's images (keeps current and latest)"
+    )
 
 
 def _progress(line: str) -> None:
@@ -41,6 +44,10 @@ def run(args: argparse.Namespace) -> int:
         built = [r.name for r in results if not r.cached]
         what = f"built {', '.join(built)}" if built else "all cached"
         print(f"[images] done in {time.monotonic() - t0:.1f} s: {what}")
+        return 0
+    if args.images_cmd == "prune":
+        removed = images.prune(progress=_progress)
+        print(f"[images] removed {len(removed)} old tag(s)")
         return 0
     rows = images.status()
     print(f"{'NAME':<10} {'TAG':<32} {'STATE':<8} {'SIZE':>8}  CREATED")

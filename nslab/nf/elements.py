@@ -1,0 +1,676 @@
+"""The element library: devices, classifiers, counters, rewriters, responders.
+
+Arguments are strings so that the same classes serve the configuration
+language (`Counter(tcp)`) and Python (`Counter("tcp")`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import time
+from collections import deque
+from typing import Any
+
+from nslab.errors import NslabError
+from nslab.nf.element import Element
+from nslab.nf.filter import compile_filter
+from nslab.nf.flows import FlowTable
+from nslab.nf.packet import (
+    PROTO_ICMP,
+    PROTO_TCP,
+    PROTO_UDP,
+    TCP_FIN,
+    TCP_RST,
+    TCP_SYN,
+    Packet,
+    arp_frame,
+    b2ip,
+    dec_ttl,
+    icmp_echo_reply,
+    ip2b,
+    mac2b,
+    set_ip,
+    set_port,
+)
+from nslab.nf.rawsock import mac_of
+
+
+def _mac(value: str) -> bytes:
+    """A MAC address, or the MAC of a named local interface."""
+    try:
+        return mac2b(value)
+    except ValueError:
+        return mac_of(value)
+
+
+def _bool(v: Any) -> bool:
+    return str(v).lower() in ("1", "true", "yes", "on")
+
+
+# -- devices -----------------------------------------------------------------
+class FromDevice(Element):
+    """Frames received on an interface (promiscuous; outgoing frames ignored). Output 0."""
+
+    NIN = 0
+
+    def __init__(self, dev: str, promisc: str = "true", batch: str = "64"):
+        super().__init__()
+        self.dev = dev
+        self.promisc = _bool(promisc)
+        self.batch = int(batch)
+        self.packets = self.bytes = 0
+        self.sock: Any = None
+
+    def open(self, sock: Any) -> None:
+        self.sock = sock
+
+    def receive(self) -> int:
+        """Read one batch and push it; returns the number of frames."""
+        frames = self.sock.recv_batch()
+        out, dev = self.out[0], self.dev
+        for f in frames:
+            self.bytes += len(f)
+            out(Packet(f, dev))
+        self.packets += len(frames)
+        return len(frames)
+
+    def inject(self, frame: bytes, dev: str | None = None) -> None:
+        """Push a frame as if received (tests, replay)."""
+        self.packets += 1
+        self.bytes += len(frame)
+        self.out[0](Packet(bytearray(frame), dev or self.dev))
+
+    def stats(self) -> dict[str, Any]:
+        s = super().stats()
+        s["interfaces"] = {self.dev: {"in_packets": self.packets, "in_bytes": self.bytes}}
+        return s
+
+
+class ToDevice(Element):
+    """Sends frames out of an interface (batched; the router flushes after each burst)."""
+
+    NOUT = 0
+
+    def __init__(self, dev: str):
+        super().__init__()
+        self.dev = dev
+        self.queue: list[bytearray] = []
+        self.packets = self.bytes = 0
+        self.sock: Any = None
+        self.sent_frames: list[bytes] | None = None  # set to [] to capture (tests)
+
+    def open(self, sock: Any) -> None:
+        self.sock = sock
+
+    def push(self, pkt: Packet, port: int = 0) -> None:
+        self.queue.append(pkt.data)
+
+    def flush(self) -> None:
+        q = self.queue
+        if not q:
+            return
+        self.queue = []
+        if self.sent_frames is not None:
+            self.sent_frames.extend(bytes(f) for f in q)
+        sent = self.sock.send_batch(q) if self.sock is not None else len(q)
+        self.packets += sent
+        self.bytes += sum(len(f) for f in q[:sent])
+        self.dropped += len(q) - sent
+
+    def stats(self) -> dict[str, Any]:
+        s = super().stats()
+        s["interfaces"] = {self.dev: {"out_packets": self.packets, "out_bytes": self.bytes}}
+        return s
+
+
+# -- counting and dropping ---------------------------------------------------
+class Counter(Element):
+    """Counts packets and bytes that pass through; `Counter(NAME)` reports
+    them as traffic class NAME."""
+
+    def __init__(self, cls: str = ""):
+        super().__init__()
+        self.cls = cls
+        self.packets = self.bytes = 0
+        self.first = self.last = 0.0
+
+    def push(self, pkt: Packet, port: int = 0) -> None:
+        self.packets += 1
+        self.bytes += len(pkt.data)
+        t = time.monotonic()
+        if not self.first:
+            self.first = t
+        self.last = t
+        self.out[0](pkt)
+
+    def rate(self) -> float:
+        """Packets per second between the first and the last packet."""
+        span = self.last - self.first
+        return (self.packets - 1) / span if self.packets > 1 and span > 0 else 0.0
+
+    def stats(self) -> dict[str, Any]:
+        s = super().stats()
+        s["classes"] = {
+            self.cls or self.name: {
+                "packets": self.packets,
+                "bytes": self.bytes,
+                "rate_pps": round(self.rate(), 1),
+            }
+        }
+        return s
+
+
+class AverageCounter(Counter):
+    """A Counter whose rate is the average over the active period (Click's AverageCounter)."""
+
+
+class Discard(Element):
+    """Drops everything and counts it as drops under its name (or `Discard(REASON)`)."""
+
+    NOUT = 0
+
+    def __init__(self, reason: str = ""):
+        super().__init__()
+        self.reason = reason
+
+    def push(self, pkt: Packet, port: int = 0) -> None:
+        self.dropped += 1
+
+    def stats(self) -> dict[str, Any]:
+        return {"drops": {self.reason or self.name: self.dropped}}
+
+
+class Tee(Element):
+    """Copies each packet to all N outputs (output 0 gets the original)."""
+
+    def __init__(self, n: str = "2"):
+        super().__init__()
+        self._ports(int(n))
+
+    def push(self, pkt: Packet, port: int = 0) -> None:
+        for o in self.out[1:]:
+            c = Packet(bytearray(pkt.data), pkt.dev)
+            c.paint = pkt.paint
+            o(c)
+        self.out[0](pkt)
+
+
+class Print(Element):
+    """Prints a one-line summary of each packet, then passes it on."""
+
+    def __init__(self, label: str = ""):
+        super().__init__()
+        self.label = label
+
+    def push(self, pkt: Packet, port: int = 0) -> None:
+        pkt.parse()
+        what = f"ethertype 0x{pkt.ethertype:04x}"
+        if pkt.l4 >= 0:
+            what = f"{b2ip(pkt.src_ip())} > {b2ip(pkt.dst_ip())} proto {pkt.proto}"
+        print(f"{self.label}: {len(pkt.data)} bytes {what} (from {pkt.dev})", flush=True)
+        self.out[0](pkt)
+
+
+# -- classification ----------------------------------------------------------
+class IPClassifier(Element):
+    """Sends a packet to the output of the first pattern it matches (filter
+    language, see nslab.nf.filter); unmatched packets are dropped and counted."""
+
+    def __init__(self, *patterns: str):
+        super().__init__()
+        if not patterns:
+            raise NslabError("IPClassifier needs at least one pattern, e.g. IPClassifier(arp, -)")
+        self.patterns = list(patterns)
+        self.preds = [compile_filter(p) for p in patterns]
+        self._ports(len(patterns))
+        self._table = list(zip(self.preds, range(len(patterns)), strict=False))
+
+    def push(self, pkt: Packet, port: int = 0) -> None:
+        for pred, i in self._table:
+            if pred(pkt):
+                self.out[i](pkt)
+                return
+        self.dropped += 1
+
+
+class Classifier(IPClassifier):
+    """Click's byte-pattern classifier: each pattern is `OFFSET/HEX[%MASK]`
+    terms (all must match) or `-`; e.g. Classifier(12/0806, 12/0800, -)."""
+
+    def __init__(self, *patterns: str):
+        Element.__init__(self)
+        if not patterns:
+            raise NslabError("Classifier needs at least one pattern, e.g. Classifier(12/0806, -)")
+        self.patterns = list(patterns)
+        self.preds = [self._compile(p) for p in patterns]
+        self._ports(len(patterns))
+        self._table = list(zip(self.preds, range(len(patterns)), strict=False))
+
+    @staticmethod
+    def _compile(pattern: str):
+        pattern = pattern.strip()
+        if pattern == "-":
+            return lambda p: True
+        terms = []
+        for term in pattern.split():
+            try:
+                off_s, val_s = term.split("/", 1)
+                mask_s = None
+                if "%" in val_s:
+                    val_s, mask_s = val_s.split("%", 1)
+                val = bytes.fromhex(val_s)
+                mask = bytes.fromhex(mask_s) if mask_s else b"\xff" * len(val)
+                off = int(off_s)
+                if len(mask) != len(val):
+                    raise ValueError
+            except ValueError:
+                raise NslabError(
+                    f"Classifier pattern {term!r}: expected OFFSET/HEX[%MASK], e.g. 12/0806"
+                ) from None
+            terms.append((off, val, mask))
+
+        def pred(p: Packet) -> bool:
+            d = p.data
+            for off, val, mask in terms:
+                if len(d) < off + len(val):
+                    return False
+                for i, v in enumerate(val):
+                    if d[off + i] & mask[i] != v & mask[i]:
+                        return False
+            return True
+
+        return pred
+
+
+class Search(Element):
+    """Looks for any of the patterns in the L4 payload (offsets from IHL and
+    the TCP data offset). Output 0: found; output 1: not found.
+    `Search(cat /etc/passwd, INSERT, nocase=true)`."""
+
+    def __init__(self, *patterns: str, nocase: str = "true"):
+        super().__init__()
+        self.nocase = _bool(nocase)
+        self.patterns = [p.encode() for p in patterns]
+        if self.nocase:
+            self.patterns = [p.lower() for p in self.patterns]
+        self._ports(2)
+        self.matches = 0
+
+    def found(self, data: bytes) -> bool:
+        if self.nocase:
+            data = data.lower()
+        return any(p in data for p in self.patterns)
+
+    def push(self, pkt: Packet, port: int = 0) -> None:
+        if self.found(pkt.payload()):
+            self.matches += 1
+            self.out[0](pkt)
+        else:
+            self.out[1](pkt)
+
+
+# -- rewriting ---------------------------------------------------------------
+class EtherRewrite(Element):
+    """Sets the Ethernet source and destination (MACs or interface names; `-` keeps)."""
+
+    def __init__(self, src: str = "-", dst: str = "-"):
+        super().__init__()
+        self.src = None if src == "-" else _mac(src)
+        self.dst = None if dst == "-" else _mac(dst)
+
+    def push(self, pkt: Packet, port: int = 0) -> None:
+        if self.dst is not None:
+            pkt.data[0:6] = self.dst
+        if self.src is not None:
+            pkt.data[6:12] = self.src
+        self.out[0](pkt)
+
+
+class DecIPTTL(Element):
+    """Decrements the IPv4 TTL. Output 0: ok; output 1: expired."""
+
+    def __init__(self):
+        super().__init__()
+        self._ports(2)
+
+    def push(self, pkt: Packet, port: int = 0) -> None:
+        if dec_ttl(pkt):
+            self.out[0](pkt)
+        else:
+            self.out[1](pkt)
+
+
+class ARPResponder(Element):
+    """Answers ARP requests for its addresses: `ARPResponder(10.0.0.1 eth0, 100.0.0.45
+    02:00:00:00:00:45)`; an entry may be a network `10.0.0.0/24 MAC` (proxy ARP) and
+    `except=IP IP...` excludes addresses. Output 0: replies; output 1: the rest."""
+
+    def __init__(self, *entries: str, **kw: str):
+        super().__init__()
+        self._ports(2)
+        self.table: list[tuple[ipaddress.IPv4Network, bytes]] = []
+        for e in entries:
+            parts = e.split()
+            if len(parts) != 2:
+                raise NslabError(f"ARPResponder entry {e!r}: expected 'IP[/LEN] MAC-or-interface'")
+            self.table.append((ipaddress.IPv4Network(parts[0], strict=False), _mac(parts[1])))
+        self.exclude = {ip2b(x) for x in kw.get("except", "").split()}
+        self.replies = 0
+
+    def lookup(self, ip: bytes) -> bytes | None:
+        if ip in self.exclude:
+            return None
+        a = ipaddress.IPv4Address(ip)
+        for net, mac in self.table:
+            if a in net:
+                return mac
+        return None
+
+    def push(self, pkt: Packet, port: int = 0) -> None:
+        d = pkt.data
+        if len(d) >= 42 and d[12:14] == b"\x08\x06" and d[20:22] == b"\x00\x01":
+            sha, spa, tpa = bytes(d[22:28]), bytes(d[28:32]), bytes(d[38:42])
+            mac = self.lookup(tpa)
+            if mac is not None and spa != tpa:  # not a gratuitous ARP
+                self.replies += 1
+                self.out[0](Packet(arp_frame(2, mac, tpa, sha, spa), pkt.dev))
+                return
+        self.out[1](pkt)
+
+
+class ARPQuerier(Element):
+    """Fills in Ethernet addresses of IPv4 frames from an ARP table it learns.
+    `ARPQuerier(MY_IP, MY_MAC-or-interface, gateway=IP, net=CIDR)`.
+    Input 0: IPv4 frames (next hop = destination, or the gateway when the
+    destination is outside `net`); input 1: ARP frames seen on that link (learned).
+    Output 0: ready frames and ARP requests. Unresolved frames wait (bounded)."""
+
+    NIN = 2
+
+    def __init__(self, ip: str, mac: str, gateway: str = "", net: str = "", timeout: str = "300"):
+        super().__init__()
+        self.ip = ip2b(ip)
+        self.mac = _mac(mac)
+        self.gateway = ip2b(gateway) if gateway else None
+        self.net = ipaddress.IPv4Network(net, strict=False) if net else None
+        self.timeout = float(timeout)
+        self.table: dict[bytes, tuple[bytes, float]] = {}
+        self.waiting: dict[bytes, deque[Packet]] = {}
+        self.asked: dict[bytes, tuple[float, int]] = {}
+        self.queries = 0
+
+    def learn(self, ip: bytes, mac: bytes) -> None:
+        self.table[ip] = (mac, time.monotonic() + self.timeout)
+        q = self.waiting.pop(ip, None)
+        self.asked.pop(ip, None)
+        if q:
+            for p in q:
+                p.data[0:6] = mac
+                p.data[6:12] = self.mac
+                self.out[0](p)
+
+    def next_hop(self, pkt: Packet) -> bytes:
+        dst = pkt.dst_ip()
+        if self.gateway and self.net and ipaddress.IPv4Address(dst) not in self.net:
+            return self.gateway
+        return dst
+
+    def push(self, pkt: Packet, port: int = 0) -> None:
+        d = pkt.data
+        if port == 1:
+            if len(d) >= 42 and d[12:14] == b"\x08\x06":
+                spa = bytes(d[28:32])
+                if spa != b"\x00\x00\x00\x00":
+                    self.learn(spa, bytes(d[22:28]))
+            return
+        if not pkt.is_ip():
+            self.dropped += 1
+            return
+        nh = self.next_hop(pkt)
+        hit = self.table.get(nh)
+        if hit and hit[1] > time.monotonic():
+            d[0:6] = hit[0]
+            d[6:12] = self.mac
+            self.out[0](pkt)
+            return
+        q = self.waiting.setdefault(nh, deque())
+        if len(q) >= 64:
+            self.dropped += 1
+            q.popleft()
+        q.append(pkt)
+        if nh not in self.asked:
+            self._ask(nh, 1)
+
+    def _ask(self, ip: bytes, attempt: int) -> None:
+        self.queries += 1
+        self.asked[ip] = (time.monotonic(), attempt)
+        self.out[0](Packet(arp_frame(1, self.mac, self.ip, b"\xff" * 6, ip)))
+
+    def tick(self, now: float) -> None:
+        for ip, (t, attempt) in list(self.asked.items()):
+            if now - t >= 1.0:
+                if attempt >= 5:  # give up: drop what waited
+                    self.dropped += len(self.waiting.pop(ip, ()))
+                    del self.asked[ip]
+                else:
+                    self._ask(ip, attempt + 1)
+
+
+class ICMPPingResponder(Element):
+    """Turns ICMP echo requests into replies (addresses and MACs swapped).
+    Output 0: replies; output 1: anything that is not an echo request."""
+
+    def __init__(self, mac: str = ""):
+        super().__init__()
+        self._ports(2)
+        self.mac = _mac(mac) if mac else None
+        self.replies = 0
+
+    def push(self, pkt: Packet, port: int = 0) -> None:
+        pkt.parse()
+        d = pkt.data
+        if pkt.proto == PROTO_ICMP and pkt.pay >= 0 and d[pkt.l4] == 8:
+            self.replies += 1
+            icmp_echo_reply(pkt, self.mac or bytes(d[0:6]))
+            self.out[0](pkt)
+        else:
+            self.out[1](pkt)
+
+
+def _flow_timeout(pkt: Packet, tcp_timeout: float, done_timeout: float, other: float) -> float:
+    if pkt.proto == PROTO_TCP:
+        return done_timeout if pkt.tcp_flags() & (TCP_FIN | TCP_RST) else tcp_timeout
+    return other
+
+
+class NAPT(Element):
+    """Source NAPT with a flow table (Click's IPRewriter + ICMPPingRewriter for
+    one public address). `NAPT(100.0.0.1, ports=1024-65535, tcp_timeout=300,
+    done_timeout=10, udp_timeout=60, icmp_timeout=30)`.
+    Input 0: outbound packets (TCP, UDP, ICMP echo) -> source rewritten -> output 0.
+    Input 1: inbound packets to the public address -> destination restored ->
+    output 1; without a mapping -> output 2 (e.g. pings to the NAT itself) or dropped."""
+
+    NIN = 2
+
+    def __init__(
+        self,
+        public_ip: str,
+        ports: str = "1024-65535",
+        tcp_timeout: str = "300",
+        done_timeout: str = "10",
+        udp_timeout: str = "60",
+        icmp_timeout: str = "30",
+    ):
+        super().__init__()
+        self._ports(3)
+        self.public = ip2b(public_ip)
+        lo, hi = (int(x) for x in ports.split("-"))
+        self.port_range = (lo, hi)
+        self._next_port = itertools.cycle(range(lo, hi + 1))
+        self.tcp_timeout = float(tcp_timeout)
+        self.done_timeout = float(done_timeout)
+        self.udp_timeout = float(udp_timeout)
+        self.icmp_timeout = float(icmp_timeout)
+        self.out_map = FlowTable()  # (proto, src, sport, dst, dport) -> public port
+        self.in_map = FlowTable()  # (proto, public port, remote, rport) -> (src, sport)
+        self.translated = [0, 0]
+
+    def _key_ports(self, pkt: Packet) -> tuple[int, int] | None:
+        if pkt.proto in (PROTO_TCP, PROTO_UDP) and pkt.pay > pkt.l4:
+            return pkt.sport(), pkt.dport()
+        if pkt.proto == PROTO_ICMP and pkt.pay > pkt.l4:
+            t = pkt.data[pkt.l4]
+            if t in (0, 8):  # echo: the identifier plays the port's role on both sides
+                ident = pkt.data[pkt.l4 + 4] << 8 | pkt.data[pkt.l4 + 5]
+                return ident, ident
+        return None
+
+    def _timeout(self, pkt: Packet) -> float:
+        t = self.icmp_timeout if pkt.proto == PROTO_ICMP else self.udp_timeout
+        return _flow_timeout(pkt, self.tcp_timeout, self.done_timeout, t)
+
+    def _alloc(self, proto: int, remote: bytes, rport: int) -> int | None:
+        lo, hi = self.port_range
+        for _ in range(hi - lo + 1):
+            p = next(self._next_port)
+            if self.in_map.get((proto, p, remote, rport)) is None:
+                return p
+        return None
+
+    def push(self, pkt: Packet, port: int = 0) -> None:
+        pkt.parse()
+        ports = self._key_ports(pkt) if pkt.l4 >= 0 else None
+        if ports is None:
+            self.dropped += 1
+            return
+        now = time.monotonic()
+        proto = pkt.proto
+        icmp = proto == PROTO_ICMP
+        if port == 0:
+            src, dst = pkt.src_ip(), pkt.dst_ip()
+            key = (proto, src, ports[0], dst, 0 if icmp else ports[1])
+            pub = self.out_map.get(key, now)
+            if pub is None:
+                pub = self._alloc(proto, dst, 0 if icmp else ports[1])
+                if pub is None:
+                    self.dropped += 1
+                    return
+            timeout = self._timeout(pkt)
+            self.out_map.put(key, pub, now, timeout)
+            self.in_map.put((proto, pub, dst, key[4]), (src, ports[0]), now, timeout)
+            set_ip(pkt, "src", self.public)
+            set_port(pkt, "id" if icmp else "src", pub)
+            self.translated[0] += 1
+            self.out[0](pkt)
+        else:
+            if pkt.dst_ip() != self.public:
+                self.dropped += 1
+                return
+            remote = pkt.src_ip()
+            key = (proto, ports[1], remote, 0 if icmp else ports[0])
+            orig = self.in_map.get(key, now)
+            if orig is None:
+                self.out[2](pkt)
+                return
+            self.in_map.touch(key, now, self._timeout(pkt))
+            set_ip(pkt, "dst", orig[0])
+            set_port(pkt, "id" if icmp else "dst", orig[1])
+            self.translated[1] += 1
+            self.out[1](pkt)
+
+    def tick(self, now: float) -> None:
+        self.out_map.expire(now)
+        self.in_map.expire(now)
+
+    def stats(self) -> dict[str, Any]:
+        s = super().stats()
+        s["flows"] = {self.name: len(self.in_map)}
+        return s
+
+
+class IPRewriter(Element):
+    """Destination rewriting with round-robin mapping per connection (a load
+    balancer): `IPRewriter(100.0.0.40, 100.0.0.41, 100.0.0.42, vip=100.0.0.45)`.
+    Input 0: client packets to the VIP; a new flow (TCP SYN, or any UDP packet)
+    gets the next backend; its destination is rewritten -> output 0.
+    Input 1: backend replies; the source is rewritten back to the VIP -> output 1.
+    Packets of unknown flows are dropped. Timeouts as in NAPT."""
+
+    NIN = 2
+
+    def __init__(
+        self,
+        *backends: str,
+        vip: str = "",
+        tcp_timeout: str = "300",
+        done_timeout: str = "10",
+        udp_timeout: str = "60",
+    ):
+        super().__init__()
+        if not backends or not vip:
+            raise NslabError(
+                "IPRewriter needs backends and vip=, e.g. IPRewriter(10.0.0.2, 10.0.0.3, vip=10.0.0.9)"
+            )
+        self._ports(2)
+        self.backends = [ip2b(b) for b in backends]
+        self.vip = ip2b(vip)
+        self._rr = itertools.cycle(range(len(self.backends)))
+        self.tcp_timeout = float(tcp_timeout)
+        self.done_timeout = float(done_timeout)
+        self.udp_timeout = float(udp_timeout)
+        self.fwd = FlowTable()  # (proto, client, cport, vport) -> backend index
+        self.rev = FlowTable()  # (proto, backend, bport, client, cport) -> True
+        self.assigned = [0] * len(self.backends)
+
+    def push(self, pkt: Packet, port: int = 0) -> None:
+        pkt.parse()
+        if pkt.proto not in (PROTO_TCP, PROTO_UDP) or pkt.pay <= pkt.l4:
+            self.dropped += 1
+            return
+        now = time.monotonic()
+        timeout = _flow_timeout(pkt, self.tcp_timeout, self.done_timeout, self.udp_timeout)
+        if port == 0:
+            if pkt.dst_ip() != self.vip:
+                self.dropped += 1
+                return
+            key = (pkt.proto, pkt.src_ip(), pkt.sport(), pkt.dport())
+            idx = self.fwd.get(key, now)
+            flags = pkt.tcp_flags()
+            if idx is None or (flags & TCP_SYN and not flags & 0x10 and self._restart(key, idx)):
+                if pkt.proto == PROTO_TCP and not (flags & TCP_SYN):
+                    self.dropped += 1  # mid-connection packet of a flow we do not know
+                    return
+                idx = next(self._rr)
+                self.assigned[idx] += 1
+            self.fwd.put(key, idx, now, timeout)
+            backend = self.backends[idx]
+            self.rev.put((pkt.proto, backend, key[3], key[1], key[2]), key, now, timeout)
+            set_ip(pkt, "dst", backend)
+            self.out[0](pkt)
+        else:
+            key = (pkt.proto, pkt.src_ip(), pkt.sport(), pkt.dst_ip(), pkt.dport())
+            if self.rev.get(key, now) is None:
+                self.dropped += 1
+                return
+            self.rev.touch(key, now, timeout)
+            set_ip(pkt, "src", self.vip)
+            self.out[1](pkt)
+
+    def _restart(self, key: tuple, idx: int) -> bool:
+        # A SYN on a flow that already finished (port reuse) starts a new connection;
+        # a retransmitted SYN of a live handshake keeps its backend.
+        return self.fwd.expires_soon(key, self.done_timeout)
+
+    def tick(self, now: float) -> None:
+        self.fwd.expire(now)
+        self.rev.expire(now)
+
+    def stats(self) -> dict[str, Any]:
+        s = super().stats()
+        s["classes"] = {
+            f"{self.name}.backend.{b2ip(b)}": {"connections": n}
+            for b, n in zip(self.backends, self.assigned, strict=False)
+        }
+        return s

@@ -1,0 +1,46 @@
+"""Shared command line for NF programs (lab NFs): interface names as
+positional arguments, `--report`, `--duration`; writes the report on exit."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from nslab.errors import NslabError
+from nslab.nf.router import Router, main_for
+
+
+def nf_main(
+    name: str,
+    interfaces: Sequence[tuple[str, str]],
+    build: Callable[[Router, argparse.Namespace], None],
+    options: Callable[[argparse.ArgumentParser], None] | None = None,
+    argv: list[str] | None = None,
+    doc: str | None = None,
+) -> int:
+    """Parse `<prog> IF1 IF2 ... [--report PATH] [--duration S]`, build the
+    router with `build(router, args)` and run it until SIGTERM/SIGINT."""
+    ap = argparse.ArgumentParser(prog=name, description=doc)
+    for iface, help_text in interfaces:
+        ap.add_argument(iface, help=help_text)
+    ap.add_argument(
+        "--report",
+        help=f"report path (default: $NSLAB_REPORT_DIR/{name}.report, else ./{name}.report)",
+    )
+    ap.add_argument(
+        "--duration", type=float, help="stop after this many seconds (default: run until signalled)"
+    )
+    if options:
+        options(ap)
+    args = ap.parse_args(argv)
+    report = args.report or str(Path(os.environ.get("NSLAB_REPORT_DIR", ".")) / f"{name}.report")
+    router = Router(name, report=report)
+    try:
+        build(router, args)
+    except NslabError as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        return 2
+    return main_for(router, args.duration)

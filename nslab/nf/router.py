@@ -1,0 +1,140 @@
+"""The router: holds a configuration's elements, runs the event loop, and
+writes the NF report on exit (normal end, SIGTERM or SIGINT)."""
+
+from __future__ import annotations
+
+import select
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from nslab.errors import NslabError
+from nslab.nf import report as reportlib
+from nslab.nf.element import Element
+from nslab.nf.elements import FromDevice, ToDevice
+from nslab.nf.rawsock import RawSocket
+
+TICK_S = 0.1
+
+
+class Router:
+    """A running NF: `Router("lb1", report="lb1.report")`, add elements, connect, `run()`."""
+
+    def __init__(self, name: str = "nf", report: str | Path | None = None):
+        self.name = name
+        self.report_path = Path(report) if report else None
+        self.elements: dict[str, Element] = {}
+        self.started = time.time()
+        self._t0 = time.monotonic()
+        self._stop = False
+        self._socks: dict[str, RawSocket] = {}
+        self._counter = 0
+
+    # -- building -------------------------------------------------------------
+    def add(self, element: Element, name: str | None = None) -> Element:
+        if name is None:
+            self._counter += 1
+            name = f"{type(element).__name__}@{self._counter}"
+        if name in self.elements:
+            raise NslabError(f"NF {self.name}: two elements are called {name!r}")
+        element.name = name
+        element.router = self
+        self.elements[name] = element
+        return element
+
+    def __getitem__(self, name: str) -> Element:
+        return self.elements[name]
+
+    def devices(self) -> tuple[list[FromDevice], list[ToDevice]]:
+        fr = [e for e in self.elements.values() if isinstance(e, FromDevice)]
+        to = [e for e in self.elements.values() if isinstance(e, ToDevice)]
+        return fr, to
+
+    def open(self) -> None:
+        """Open one raw socket per interface, shared by its FromDevice and ToDevice."""
+        fr, to = self.devices()
+        for e in [*fr, *to]:
+            if e.sock is None:
+                if e.dev not in self._socks:
+                    promisc = getattr(e, "promisc", True)
+                    batch = getattr(e, "batch", 64)
+                    self._socks[e.dev] = RawSocket(e.dev, batch=batch, promisc=promisc)
+                e.open(self._socks[e.dev])
+
+    # -- running ------------------------------------------------------------------
+    def stop(self, *_: Any) -> None:
+        self._stop = True
+
+    def run(self, duration: float | None = None, install_signals: bool = True) -> dict[str, Any]:
+        """Forward until stopped (signal, `stop()`, or `duration` seconds); then
+        write the report and return it."""
+        if install_signals:
+            signal.signal(signal.SIGTERM, self.stop)
+            signal.signal(signal.SIGINT, self.stop)
+        try:
+            self.open()
+            self._loop(duration)
+        finally:
+            rep = self.report()
+            if self.report_path:
+                reportlib.write(rep, self.report_path)
+            for s in self._socks.values():
+                s.close()
+        return rep
+
+    def _loop(self, duration: float | None) -> None:
+        fr, to = self.devices()
+        by_fd = {e.sock.fd: e for e in fr}
+        poller = select.poll()
+        for fd in by_fd:
+            poller.register(fd, select.POLLIN)
+        ticking = [e for e in self.elements.values() if type(e).tick is not Element.tick]
+        flush = [t.flush for t in to]
+        deadline = None if duration is None else time.monotonic() + duration
+        next_tick = time.monotonic() + TICK_S
+        while not self._stop:
+            try:
+                events = poller.poll(int(TICK_S * 1000))
+            except InterruptedError:
+                continue
+            for fd, _ in events:
+                src = by_fd[fd]
+                # drain this interface in bursts, flushing outputs after each burst
+                for _ in range(16):
+                    n = src.receive()
+                    for f in flush:
+                        f()
+                    if n < src.batch:
+                        break
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = now + TICK_S
+                for e in ticking:
+                    e.tick(now)
+                for f in flush:
+                    f()
+                if deadline is not None and now >= deadline:
+                    break
+
+    def flush(self) -> None:
+        for t in self.devices()[1]:
+            t.flush()
+
+    def report(self) -> dict[str, Any]:
+        rep: dict[str, Any] = {"nf": self.name, "started": round(self.started, 3)}
+        for e in self.elements.values():
+            reportlib.merge(rep, e.stats())
+        return reportlib.finish(rep, time.monotonic() - self._t0)
+
+
+def main_for(router: Router, duration: float | None = None) -> int:
+    """Run a router as a program: print the report table when done."""
+    try:
+        rep = router.run(duration)
+    except NslabError as exc:
+        print(f"{router.name}: error: {exc}", file=sys.stderr)
+        return 1
+    print(reportlib.table(rep), end="", flush=True)
+    return 0

@@ -299,3 +299,14 @@ def test_failed_build_reports_log(nslab_images: dict[str, str], tmp_path: Path) 
     msg = str(err.value)
     assert "no-such-file" in msg and "full log:" in msg
     assert containers.docker("image", "ls", "-q", "nslab/timgprobe").stdout.strip() == ""
+
+
+@pytest.mark.root
+@pytest.mark.docker
+def test_resolve_maps_topology_image_names_to_hash_tags(nslab_images: dict[str, str]) -> None:
+    assert images.resolve("nslab/nf", build_missing=False) == nslab_images["nf"]
+    assert images.resolve("nslab/nf:latest", build_missing=False) == nslab_images["nf"]
+    # Pinned tags, unknown nslab names and other images are left to docker.
+    assert images.resolve("nslab/nf:0123456789ab") == "nslab/nf:0123456789ab"
+    assert images.resolve("nslab/timg-unknown") == "nslab/timg-unknown"
+    assert images.resolve("debian:bookworm-slim") == "debian:bookworm-slim"

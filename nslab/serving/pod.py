@@ -27,6 +27,7 @@ import numpy as np
 
 from nslab.errors import NslabError
 from nslab.serving import models as model_repo
+from nslab.serving.batching import Batcher as _Batcher
 from nslab.serving.batching import (
     BatcherMetrics,
     BatchPolicy,
@@ -34,7 +35,6 @@ from nslab.serving.batching import (
     QueueFull,
     TritonPolicy,
 )
-from nslab.serving.batching import Batcher as _Batcher
 from nslab.serving.devices import make_device
 from nslab.serving.http import Request, Response, serve
 from nslab.serving.metrics import Counter, Gauge, Histogram

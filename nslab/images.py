@@ -440,7 +440,30 @@ def _build_base_local(
             if tar.wait() != 0:
                 raise NslabError(f"packing the base rootfs failed; see {log}")
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        _remove_tree(work, progress)
+
+
+def _mounts_under(path: Path) -> list[str]:
+    out = []
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        mnt = line.split()[1].replace("\\040", " ")
+        if mnt == str(path) or mnt.startswith(f"{path}/"):
+            out.append(mnt)
+    return out
+
+
+def _remove_tree(work: Path, progress: Progress) -> None:
+    """Remove the rootfs work dir. debootstrap bind-mounts host /dev entries and
+    mounts /proc and /sys in the target; if it was killed they are still
+    mounted, and deleting through them would reach the host: unmount first,
+    and leave the dir in place if anything stays mounted."""
+    for mnt in sorted(_mounts_under(work), key=len, reverse=True):
+        subprocess.run(["umount", "--lazy", mnt], capture_output=True, timeout=30)
+    left = _mounts_under(work)
+    if left:
+        progress(f"  left {work} in place: still mounted there: {', '.join(left)}")
+        return
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def _docker_build(

@@ -310,3 +310,24 @@ def test_resolve_maps_topology_image_names_to_hash_tags(nslab_images: dict[str, 
     assert images.resolve("nslab/nf:0123456789ab") == "nslab/nf:0123456789ab"
     assert images.resolve("nslab/timg-unknown") == "nslab/timg-unknown"
     assert images.resolve("debian:bookworm-slim") == "debian:bookworm-slim"
+
+
+@pytest.mark.root
+def test_rootfs_cleanup_never_deletes_through_a_leftover_mount(tmp_path: Path) -> None:
+    """A killed debootstrap leaves host paths bind-mounted into the rootfs;
+    removing the rootfs must unmount them, not delete the host's files."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount")
+    host = tmp_path / "timg-host"
+    host.mkdir()
+    (host / "precious").write_text("keep me\n")
+    work = tmp_path / "timg-work"
+    target = work / "rootfs" / "dev"
+    target.mkdir(parents=True)
+    subprocess.run(["mount", "--bind", str(host), str(target)], check=True, timeout=30)
+    try:
+        images._remove_tree(work, progress=lambda _line: None)
+        assert (host / "precious").read_text() == "keep me\n"
+        assert not work.exists()
+    finally:
+        subprocess.run(["umount", "--lazy", str(target)], capture_output=True, timeout=30)

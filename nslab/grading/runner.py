@@ -1,0 +1,388 @@
+"""Grade submissions: each in its own pytest process, with a time budget,
+student code sandboxed, checks run from a root-only copy, results written
+by this (root) process only.
+
+    grade_batch(find_lab("00-sdn-warmup"), [Path("subs/alice"), ...], Path("out"), jobs=2)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import random
+import shutil
+import signal
+import string
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nslab.errors import NslabError
+from nslab.grading import outputs, sandbox
+from nslab.labs import LabSpec
+
+PREFIX_ENV = "NSLAB_GRADE_PREFIX"  # prefix of everything a grading run creates on the host
+_SKIP_COPY = {"solution", "starter", "__pycache__", ".pytest_cache"}
+MAX_SUBMISSION_MB = 50
+
+
+@dataclass
+class SubmissionResult:
+    name: str  # result folder name (the submission folder's basename, made unique)
+    submission: str
+    status: str  # ok | timed_out | crashed | error
+    score: float = 0.0
+    max_score: float = 0.0
+    tests: list[dict[str, Any]] = field(default_factory=list)
+    execution_time: float = 0.0
+    output: str = ""  # overall message (why it crashed, timed out, ...)
+    lab_id: str = ""
+    lab_title: str = ""
+    visibility: str = "all"
+
+    @property
+    def all_passed(self) -> bool:
+        return bool(self.tests) and all(t["outcome"] == "passed" for t in self.tests)
+
+
+def _prefix() -> str:
+    return os.environ.get(PREFIX_ENV, "nslab")
+
+
+def _instance_name(prefix: str) -> str:
+    """A short lab instance name (interface names are <name>-<node>-<iface>,
+    at most 15 chars) that no running lab uses."""
+    head = prefix[:4] if prefix != "nslab" else "g"
+    n = 5 - len(head)
+    for _ in range(200):
+        name = head + "".join(random.choices(string.ascii_lowercase + string.digits, k=n))
+        if not (Path("/run/nslab") / name).exists() and not _claimed(name):
+            return name
+    raise NslabError("no free lab instance name: too many labs running?")
+
+
+_CLAIMED: set[str] = set()
+_CLAIM_LOCK = threading.Lock()
+
+
+def _claimed(name: str) -> bool:
+    with _CLAIM_LOCK:
+        if name in _CLAIMED:
+            return True
+        _CLAIMED.add(name)
+        return False
+
+
+def _release(name: str) -> None:
+    with _CLAIM_LOCK:
+        _CLAIMED.discard(name)
+
+
+def _dir_size_mb(path: Path) -> float:
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, f)).st_size
+            except OSError:
+                pass
+    return total / 1e6
+
+
+def _copy_lab(spec: LabSpec, dest: Path) -> Path:
+    """Copy what grading needs (lab.yaml, checks/, topology files; never
+    solution/ or starter/) into the root-only grading dir."""
+    target = dest / spec.id
+    shutil.copytree(
+        spec.path,
+        target,
+        symlinks=True,
+        ignore=lambda d, names: [n for n in names if n in _SKIP_COPY],
+    )
+    return target
+
+
+def protect_lab(spec: LabSpec) -> list[str]:
+    """Make the lab's secrets (checks/, solution/) unreadable for other users,
+    so sandboxed code cannot read them from the source tree either."""
+    return [str(p) for p in (spec.path / "checks", spec.path / "solution") if sandbox.protect(p)]
+
+
+def grade_one(
+    spec: LabSpec,
+    submission: Path,
+    out_dir: Path,
+    *,
+    name: str | None = None,
+    slot: int = 0,
+    visibility: str = "all",
+    user_base: str | None = None,
+    keep: bool = False,
+) -> SubmissionResult:
+    """Grade one submission into `out_dir` (results.json, junit.xml,
+    report.html, logs/). Never raises for anything the submission does."""
+    t0 = time.monotonic()
+    submission = Path(submission)
+    res = SubmissionResult(
+        name or submission.name,
+        str(submission),
+        "error",
+        lab_id=spec.id,
+        lab_title=spec.title,
+        visibility=visibility,
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(out_dir, 0o755)
+    prefix = _prefix()
+    gdir = Path(tempfile.mkdtemp(prefix=f"{prefix}-grade-"))  # 0700, root only
+    workdir: Path | None = None
+    instance = _instance_name(prefix)
+    user = sandbox.slot_user(user_base, slot)
+    try:
+        if not submission.is_dir():
+            res.output = f"{submission}: not a folder"
+            return res
+        if _dir_size_mb(submission) > MAX_SUBMISSION_MB:
+            res.output = f"{submission}: larger than {MAX_SUBMISSION_MB} MB; not graded"
+            return res
+        sandbox.ensure_user(user)
+        sandbox.kill_user_processes(user)  # leftovers of an earlier, interrupted run
+        protect_lab(spec)
+        lab_copy = _copy_lab(spec, gdir / "lab")
+        limits = sandbox.Limits.from_dict(spec.limits)
+        workdir = sandbox.make_workdir("/tmp", f"{prefix}-work-", user, limits, submission)
+        cfg = {
+            "lab_dir": str(lab_copy),
+            "submission": str(workdir),
+            "user": user,
+            "limits": limits.as_dict(),
+            "visibility": visibility,
+            "results": str(gdir / "results.jsonl"),
+            "logs": str(gdir / "logs"),
+            "artifacts": str(gdir / "artifacts"),
+            "instance": instance,
+            "time_budget": spec.time_budget,
+        }
+        (gdir / "config.json").write_text(json.dumps(cfg, indent=1))
+        (gdir / "pytest.ini").write_text("[pytest]\naddopts =\n")
+        rc, timed_out = _run_pytest(gdir, lab_copy / "checks", spec.time_budget + 30)
+        _collect(res, gdir, rc, timed_out, spec)
+    except NslabError as exc:
+        res.status, res.output = "error", str(exc)
+    finally:
+        sandbox.kill_user_processes(user)
+        _force_down(instance)
+        _release(instance)
+        if workdir is not None:
+            sandbox.remove_workdir(workdir)
+        res.execution_time = round(time.monotonic() - t0, 2)
+        _write_outputs(res, gdir, out_dir)
+        if keep:
+            print(f"kept grading dir {gdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(gdir, ignore_errors=True)
+    return res
+
+
+def _run_pytest(gdir: Path, checks: Path, limit: float) -> tuple[int, bool]:
+    cmd = [sys.executable, "-m", "pytest", "-c", str(gdir / "pytest.ini"), "--rootdir", str(checks)]
+    cmd += ["-p", "nslab.grading.plugin", "-p", "no:cacheprovider", "-p", "no:timeout"]
+    cmd += [
+        "-p",
+        "no:randomly",
+        "-q",
+        "-rN",
+        "--color=no",
+        "--nslab-config",
+        str(gdir / "config.json"),
+    ]
+    cmd.append(str(checks))
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    env.pop("PYTEST_ADDOPTS", None)
+    env.pop("PYTEST_PLUGINS", None)
+    with open(gdir / "pytest.log", "w") as log:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=gdir,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        try:
+            return proc.wait(timeout=limit), False
+        except subprocess.TimeoutExpired:
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    proc.wait(timeout=5)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+            return -1, True
+
+
+def _collect(res: SubmissionResult, gdir: Path, rc: int, timed_out: bool, spec: LabSpec) -> None:
+    collected_path = gdir / "collected.json"
+    results_path = gdir / "results.jsonl"
+    if not collected_path.exists():
+        res.status = "error"
+        res.output = (
+            "the checks could not be collected (a problem of the lab, not of the submission):\n"
+        )
+        res.output += _tail(gdir / "pytest.log", 30)
+        return
+    collected = json.loads(collected_path.read_text())
+    done: dict[str, dict] = {}
+    if results_path.exists():
+        for line in results_path.read_text().splitlines():
+            if line.strip():
+                e = json.loads(line)
+                done[e["nodeid"]] = e
+    if timed_out:
+        why = f"not run: grading stopped after the lab's time budget ({spec.time_budget:g} s)"
+        res.status = "timed_out"
+        res.output = f"grading timed out after {spec.time_budget:g} s"
+    elif rc not in (0, 1):
+        why = f"not run: the check process exited with code {rc}"
+        res.status = "crashed"
+        res.output = f"the check process exited with code {rc}:\n{_tail(gdir / 'pytest.log', 20)}"
+    else:
+        why = "not run"
+        res.status = "ok"
+    tests = []
+    for c in collected:
+        e = done.get(c["nodeid"])
+        if e is None:
+            e = {
+                **c,
+                "outcome": "error",
+                "score": 0.0,
+                "reason": why,
+                "values": {},
+                "plots": [],
+                "notes": [],
+            }
+        tests.append(e)
+    res.tests = tests
+    res.score = round(sum(t["score"] for t in tests), 4)
+    res.max_score = round(sum(t["max_score"] for t in tests), 4)
+
+
+def _tail(path: Path, n: int) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+def _force_down(instance: str) -> None:
+    """Take down lab instances a killed check process left behind (this run's names only)."""
+    run_dir = Path("/run/nslab")
+    names = [p.name for p in run_dir.glob(f"{instance}*")] if run_dir.is_dir() else []
+    for n in names:
+        if n != instance and not (n[len(instance) :].isdigit() and len(n) == len(instance) + 1):
+            continue
+        try:
+            from nslab.engine import Lab
+
+            Lab.attach(n).down()
+        except Exception as exc:  # best effort: report, never stop the batch
+            print(f"nslab grade: could not take down lab {n}: {exc}", file=sys.stderr)
+
+
+def _write_outputs(res: SubmissionResult, gdir: Path, out_dir: Path) -> None:
+    (out_dir / "results.json").write_text(json.dumps(outputs.results_json(res), indent=2))
+    (out_dir / "junit.xml").write_text(outputs.junit_xml(res))
+    (out_dir / "report.html").write_text(outputs.report_html(res))
+    if (gdir / "pytest.log").exists():
+        shutil.copy(gdir / "pytest.log", out_dir / "grader.log")
+    for sub in ("logs", "artifacts"):
+        src = gdir / sub
+        if src.is_dir():
+            shutil.rmtree(out_dir / sub, ignore_errors=True)
+            shutil.copytree(src, out_dir / sub, symlinks=True)
+
+
+def unique_names(submissions: list[Path]) -> list[str]:
+    """Result folder names: the basename, with -2, -3, ... where two clash."""
+    seen: dict[str, int] = {}
+    names = []
+    for s in submissions:
+        base = Path(s).resolve().name or "submission"
+        n = seen.get(base, 0) + 1
+        seen[base] = n
+        name = base if n == 1 else f"{base}-{n}"
+        while name in names:
+            n += 1
+            name = f"{base}-{n}"
+        names.append(name)
+    return names
+
+
+def grade_batch(
+    spec: LabSpec,
+    submissions: list[Path],
+    out: Path,
+    jobs: int = 1,
+    visibility: str = "all",
+    user_base: str | None = None,
+    progress: Callable[[SubmissionResult, int, int], None] | None = None,
+) -> list[SubmissionResult]:
+    """Grade every submission (up to `jobs` at once, each slot with its own
+    student user); writes out/<name>/... and out/summary.csv."""
+    if jobs < 1:
+        raise NslabError("--jobs must be at least 1")
+    out.mkdir(parents=True, exist_ok=True)
+    names = unique_names(submissions)
+    slots: queue.Queue[int] = queue.Queue()
+    for i in range(jobs):
+        slots.put(i)
+    results: list[SubmissionResult | None] = [None] * len(submissions)
+    done = [0]
+    lock = threading.Lock()
+
+    def work(i: int) -> None:
+        slot = slots.get()
+        try:
+            r = grade_one(
+                spec,
+                submissions[i],
+                out / names[i],
+                name=names[i],
+                slot=slot,
+                visibility=visibility,
+                user_base=user_base,
+            )
+        except Exception as exc:  # a grader bug must not stop the batch either
+            r = SubmissionResult(
+                names[i], str(submissions[i]), "error", output=f"grader error: {exc!r}"
+            )
+            outputs_dir = out / names[i]
+            outputs_dir.mkdir(parents=True, exist_ok=True)
+            (outputs_dir / "results.json").write_text(json.dumps(outputs.results_json(r), indent=2))
+        finally:
+            slots.put(slot)
+        results[i] = r
+        with lock:
+            done[0] += 1
+            if progress:
+                progress(r, done[0], len(submissions))
+
+    with ThreadPoolExecutor(max_workers=jobs) as ex:
+        list(ex.map(work, range(len(submissions))))
+    final = [r for r in results if r is not None]
+    outputs.write_summary(final, out / "summary.csv")
+    return final

@@ -4,7 +4,7 @@ from nslab.topo import load, list_topologies
 topo = load("leaf-spine", params={"leaves": "4"}, lab_name="ls0")
 """
 
-from nslab.topo.loader import find, list_topologies, load, load_text, render
+from nslab.topo.loader import find, list_topologies, load, load_text, parse_params, render
 from nslab.topo.model import (
     Controller,
     Endpoint,
@@ -31,6 +31,7 @@ __all__ = [
     "list_topologies",
     "load",
     "load_text",
+    "parse_params",
     "render",
     "root_ifname",
 ]

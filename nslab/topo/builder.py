@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import yaml
+
 from nslab import kinds
 from nslab.topo.model import (
     Controller,
@@ -262,7 +264,7 @@ class _Builder:
             self.bad(
                 self.origin(tp, "nodes", "topology.nodes")
                 if "nodes" in tp
-                else self.here(tp, "topology.nodes"),
+                else Origin(self.file, self.raw.line_of("topology"), "topology.nodes"),
                 "missing or empty `nodes`" if "nodes" in tp else "missing `nodes`",
                 "list the nodes under `topology: nodes:`, e.g. `h1: {kind: linux}`",
             )
@@ -353,6 +355,8 @@ class _Builder:
                             f"{kind_name} takes: {_keys(kind.allowed_keys)}",
                         )
                         continue
+                elif kind is not None and key in kind.allowed_keys:
+                    pass  # a kind's own key: kept in node.config for its module
                 elif key not in kinds.CONTAINERLAB_NODE_KEYS:
                     allowed = set(kinds.CONTAINERLAB_NODE_KEYS) | (
                         set(kind.allowed_keys) if kind else NSLAB_NODE_KEYS
@@ -414,6 +418,7 @@ class _Builder:
     def _labels(self, node: Node) -> None:
         """Move nslab.* labels (written by `nslab export`) into the nslab keys."""
         lo = self.origins.get(f"node:{node.name}:labels", node.origin)
+        kind = kinds.get(node.kind)
         for label in [k for k in node.labels if k.startswith(LABEL_PREFIX)]:
             value = node.labels.pop(label)
             rest = label[len(LABEL_PREFIX) :]
@@ -436,6 +441,11 @@ class _Builder:
                     self.bad(lo, f"label '{label}' needs an interface", "write nslab.mac.eth0")
             elif key in ("controller", "controller-port"):
                 pass  # read from topology.kinds.ovs-bridge by _controller_from_labels
+            elif kind is not None and rest in kind.allowed_keys:
+                try:  # a kind's own key, exported as YAML text
+                    node.config.setdefault(rest, yaml.safe_load(value))
+                except yaml.YAMLError:
+                    self.bad(lo, f"label '{label}' is not YAML", "re-export the topology")
             else:
                 self.bad(
                     lo,
@@ -611,6 +621,11 @@ class _Builder:
         if value is None:
             return None
         if key in ("bw", "loss"):
+            if isinstance(value, str):  # YAML 1.1 reads 1e3 as a string
+                try:
+                    value = float(value)
+                except ValueError:
+                    pass
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 unit = "Mbit/s" if key == "bw" else "percent"
                 self.bad(

@@ -154,3 +154,14 @@ def load(ref: str, params: dict[str, str] | None = None, lab_name: str | None = 
     topo.source = str(path)
     topo.params = values
     return topo
+
+
+def parse_params(items: list[str] | None) -> dict[str, str]:
+    """`-p k=v` options as a dict; a clear error for anything else."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise NslabError(f"parameter '{item}' is not key=value — write e.g. -p k=4")
+        out[key.strip()] = value.strip()
+    return out

@@ -49,7 +49,7 @@ class _Loader(yaml.SafeLoader):
 
 
 def _construct_map(loader: _Loader, node: yaml.MappingNode) -> LMap:
-    explicit = len(node.value)
+    explicit = sum(1 for knode, _ in node.value if knode.tag != "tag:yaml.org,2002:merge")
     loader.flatten_mapping(node)  # resolves `<<: *anchor` merge keys
     merged = len(node.value) - explicit  # merged pairs come first; explicit ones may override
     out = LMap()

@@ -569,9 +569,15 @@ def _build_one(
         try:
             shutil.copy2(spec.dir / "Dockerfile.registry", ctx / "Dockerfile")
             (ctx / "packages.txt").write_text("\n".join(packages(spec.dir.parent)) + "\n")
-            _docker_build(
-                spec, tag, digest, {}, ctx, "Dockerfile", log, progress, network="default"
-            )
+            try:
+                _docker_build(
+                    spec, tag, digest, {}, ctx, "Dockerfile", log, progress, network="default"
+                )
+            except NslabError as exc:
+                raise NslabError(
+                    f"{exc}\nthe registry base needs Docker Hub; without one, build the base "
+                    "offline: `nslab images build --base local` (the default)"
+                ) from exc
         finally:
             shutil.rmtree(ctx, ignore_errors=True)
     else:

@@ -40,6 +40,12 @@ class Kind:
     # nslab keys (beyond containerlab's) this kind accepts on a node
     allowed_keys: ClassVar[frozenset[str]] = frozenset()
     description: ClassVar[str] = ""
+    # Graphviz node attributes for `nslab graph` (shape, colour): each kind looks different
+    graph_style: ClassVar[dict[str, str]] = {
+        "shape": "box",
+        "style": "filled",
+        "fillcolor": "white",
+    }
 
     def validate(self, node: Node, topo: Topology) -> list[str]:
         """Problems with `node` that only this kind knows about, as

@@ -12,3 +12,4 @@ class Bridge(Kind):
     root_namespace = True
     allowed_keys = frozenset({"interfaces"})
     description = "switch: Linux bridge (plain L2)"
+    graph_style = {"shape": "ellipse", "style": "filled", "fillcolor": "#d9f99d"}

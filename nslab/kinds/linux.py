@@ -11,3 +11,4 @@ class Linux(Kind):
     role = "host"
     allowed_keys = frozenset({"ip", "gateway", "interfaces"})
     description = "host: a network namespace (a container when `image` is set)"
+    graph_style = {"shape": "box", "style": "rounded,filled", "fillcolor": "#dbeafe"}

@@ -20,6 +20,7 @@ class OvsBridge(Kind):
     openflow = True
     allowed_keys = frozenset({"dpid", "interfaces"})
     description = "switch: Open vSwitch bridge (OpenFlow when a controller is set)"
+    graph_style = {"shape": "hexagon", "style": "filled", "fillcolor": "#fde68a"}
 
     def validate(self, node: Node, topo: Topology) -> list[str]:
         if node.dpid is not None and not 1 <= node.dpid <= MAX_DPID:

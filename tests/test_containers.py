@@ -267,3 +267,19 @@ def test_missing_image_is_a_clear_error(cleanup: list[str]) -> None:
     with pytest.raises(NslabError, match="nslab images build"):
         containers.start(LAB, node("n1"), "nslab/timg-no-such-image:0")
     assert containers.inspect(f"nslab-{LAB}-n1") is None, "nothing half-built is left"
+
+
+@pytest.mark.root
+@pytest.mark.docker
+@pytest.mark.gpu
+def test_gpu_request_reaches_docker_when_a_gpu_exists(
+    nslab_images: dict[str, str], cleanup: list[str]
+) -> None:
+    if not containers.gpu_available():
+        pytest.skip("no GPU here (nvidia-smi -L finds none)")
+    info = containers.start(LAB, node(gpus="all"), nslab_images["nf"])
+    assert info.warnings == []
+    state = containers.inspect(info.id)
+    assert state is not None
+    requests = state["HostConfig"].get("DeviceRequests") or []
+    assert any(["gpu"] in r.get("Capabilities", []) for r in requests)

@@ -45,24 +45,27 @@ class Capture:
         self.stderr = ""
 
     def start(self) -> Capture:
-        cmd = ["tcpdump", "-i", self.iface, "-n", "-U", "-Z", "root", "-s", str(self.snaplen)]
+        cmd = ["tcpdump", "-i", self.iface, "-n", "-U", "--immediate-mode", "-Z", "root"]
+        cmd += ["-s", str(self.snaplen)]
         cmd += ["-c", str(self.max_packets), "-w", str(self.path)]
         if self.bpf:
             cmd.append(self.bpf)
         self._proc = self.runner.popen(
-            self.node, cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+            self.node, cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
         end = time.monotonic() + 10
+        fd = self._proc.stderr.fileno()
+        buf = b""
         while time.monotonic() < end:
-            if self._proc.poll() is not None:
-                err = self._proc.stderr.read() if self._proc.stderr else ""
-                raise MeasureError(f"tcpdump -i {self.iface} {self.bpf!r} failed: {err.strip()}")
-            r, _, _ = select.select([self._proc.stderr], [], [], 0.1)
-            if r:
-                line = self._proc.stderr.readline()
-                self.stderr += line
-                if "listening on" in line:
-                    return self
+            r, _, _ = select.select([fd], [], [], 0.1)
+            chunk = os.read(fd, 4096) if r else b""
+            buf += chunk
+            if b"listening on" in buf:
+                self.stderr = buf.decode(errors="replace")
+                return self
+            if self._proc.poll() is not None and not chunk:
+                err = buf.decode(errors="replace").strip()
+                raise MeasureError(f"tcpdump -i {self.iface} {self.bpf!r} failed: {err}")
         self.stop()
         raise MeasureError(f"tcpdump on {self.iface} did not start within 10 s")
 
@@ -79,7 +82,7 @@ class Capture:
                 p.kill()
                 p.wait(timeout=5)
         if p.stderr:
-            self.stderr += p.stderr.read()
+            self.stderr += p.stderr.read().decode(errors="replace")
             p.stderr.close()
         self._proc = None
 
@@ -94,6 +97,9 @@ class Capture:
         """scapy packets of the capture (read once, after stop)."""
         if self._packets is None:
             self.stop()
+            import scapy.layers.inet  # noqa: F401 - registers Ether/IP/TCP/UDP/ICMP/ARP for rdpcap
+            import scapy.layers.inet6  # noqa: F401
+            import scapy.layers.l2  # noqa: F401
             from scapy.utils import rdpcap  # slow import: only when packets are looked at
 
             self._packets = list(rdpcap(str(self.path))) if self.path.stat().st_size else []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import select
 import socket
 import subprocess
@@ -85,10 +86,9 @@ def iperf3(
     port = port or free_port()
     srv = runner.popen(
         server,
-        ["iperf3", "-s", "-1", "-p", str(port)],
+        ["iperf3", "-s", "-1", "--forceflush", "-p", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        text=True,
     )
     try:
         _wait_listening(srv, 5.0)
@@ -117,15 +117,21 @@ def iperf3(
 
 
 def _wait_listening(srv: subprocess.Popen, timeout: float) -> None:
+    # raw reads on the fd: a buffered readline() would hide lines from select()
     end = time.monotonic() + timeout
-    buf = ""
+    buf = b""
+    fd = srv.stdout.fileno()
     while time.monotonic() < end:
-        if srv.poll() is not None:
-            raise MeasureError(f"iperf3 server exited: {buf.strip()}")
-        r, _, _ = select.select([srv.stdout], [], [], 0.1)
+        r, _, _ = select.select([fd], [], [], 0.1)
         if r:
-            line = srv.stdout.readline()
-            buf += line
-            if "listening" in line.lower():
+            chunk = os.read(fd, 4096)
+            buf += chunk
+            if b"listening" in buf.lower():
                 return
+            if not chunk and srv.poll() is not None:
+                break
+        elif srv.poll() is not None:
+            break
+    if srv.poll() is not None:
+        raise MeasureError(f"iperf3 server exited: {buf.decode(errors='replace').strip()}")
     raise MeasureError(f"iperf3 server did not listen within {timeout:g} s")

@@ -107,13 +107,14 @@ def test_round_trip_keeps_macs_multiple_addresses_and_unaddressed_hosts(tmp_path
     src = tmp_path / "x.yaml"
     src.write_text(
         "name: ttopo4\ntopology:\n  controller: {app: my_app, port: 6699}\n  nodes:\n"
-        "    a: {interfaces: {eth0: {ip: [10.1.0.1/24, 10.2.0.1/24], mac: '02:00:00:00:00:0a'}}}\n"
+        "    a: {gpus: 2, binds: ['/x:/y'], interfaces: {eth0: {ip: [10.1.0.1/24, 10.2.0.1/24], mac: '02:00:00:00:00:0a'}}}\n"
         "    b: {ip: none}\n    s: {kind: ovs-bridge, dpid: 0x10}\n"
         "  links:\n    - endpoints: [a:eth0, s:eth1]\n      loss: 1.5\n      jitter: 1ms\n      delay: 2ms\n"
         "    - endpoints: [b:eth0, s:eth2]\n"
     )
     topo = load(str(src))
     assert topo.nodes["b"].ips == [] and topo.nodes["s"].dpid == 16
+    assert topo.nodes["a"].config == {"gpus": 2, "binds": ["/x:/y"]}
     out = tmp_path / "y.clab.yml"
     out.write_text(dump_containerlab(topo))
     assert summary(load(str(out))) == summary(topo)

@@ -310,3 +310,26 @@ def test_params_to_plain_file_is_an_error() -> None:
 def test_unknown_topology_lists_available() -> None:
     with pytest.raises(NslabError, match=r"not found .*fat-tree.*nfv"):
         load("no-such-topology")
+
+
+def test_container_host_settings_are_checked_by_its_kind(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        HOSTS.replace(
+            "h1: {kind: linux}",
+            "h1: {kind: linux, image: nslab/base, binds: [data], gpus: -1}  # <-",
+        )
+    )
+    with pytest.raises(TopologyError) as err:
+        load(str(path))
+    where = f"{path}:{marked_line(path.read_text())}: topology.nodes.h1"
+    assert len(err.value.problems) == 2
+    assert all(p.startswith(where) for p in err.value.problems), err.value.problems
+    assert "'binds'" in err.value.problems[0] and "'gpus'" in err.value.problems[1]
+
+
+def test_kind_keys_in_defaults_apply_only_to_kinds_that_take_them(tmp_path: Path) -> None:
+    path = tmp_path / "d.yaml"
+    path.write_text(HOSTS.replace("topology:\n", "topology:\n  defaults: {gpus: all}\n", 1))
+    topo = load(str(path))
+    assert topo.nodes["h1"].config == {"gpus": "all"} and topo.nodes["s1"].config == {}

@@ -49,7 +49,8 @@ class Kind:
 
     def validate(self, node: Node, topo: Topology) -> list[str]:
         """Problems with `node` that only this kind knows about, as
-        'key: what is wrong — how to fix' (the caller adds file and line)."""
+        'key: what is wrong — how to fix' (the caller adds file and line
+        unless the message already starts with the node's origin)."""
         return []
 
 

@@ -26,7 +26,7 @@ from nslab.topo.model import (
     Origin,
     Topology,
 )
-from nslab.topo.yamlsrc import LList, LMap, duplicates
+from nslab.topo.yamlsrc import LList, LMap, duplicates, plain
 
 DEFAULT_SUBNET = ipaddress.IPv4Network("10.0.0.0/8")
 DEFAULT_KIND = "linux"
@@ -358,6 +358,10 @@ class _Builder:
                 elif kind is not None and key in kind.allowed_keys:
                     pass  # a kind's own key: kept in node.config for its module
                 elif key not in kinds.CONTAINERLAB_NODE_KEYS:
+                    if is_default and any(
+                        key in k.allowed_keys for k in kinds.all_kinds().values()
+                    ):
+                        continue  # another kind's key in `defaults`: not for this node
                     allowed = set(kinds.CONTAINERLAB_NODE_KEYS) | (
                         set(kind.allowed_keys) if kind else NSLAB_NODE_KEYS
                     )
@@ -411,7 +415,7 @@ class _Builder:
             elif key in NSLAB_NODE_KEYS:
                 node.config[f"_nslab_{key}"] = value  # interpreted once links are known
             else:
-                node.config[key] = value
+                node.config[key] = plain(value)
         self._labels(node)
         return node
 
@@ -549,7 +553,7 @@ class _Builder:
                 self._pending(end.node, end.iface, settings, eorigin)
         for key in ("mtu", "ipv6", "labels"):
             if key in spec:
-                link.config[key] = spec[key]
+                link.config[key] = plain(spec[key])
                 self.origins[f"{path}.{key}"] = self.origin(spec, key, f"{path}.{key}")
         return link
 

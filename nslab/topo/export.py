@@ -22,6 +22,7 @@ import yaml
 from nslab import kinds
 from nslab.topo.builder import LABEL_PREFIX, NO_ADDRESS
 from nslab.topo.model import Link, Node, Topology
+from nslab.topo.yamlsrc import plain
 
 
 def to_containerlab(topo: Topology) -> dict[str, Any]:
@@ -91,15 +92,6 @@ def _link(link: Link, single_ip: dict[tuple[str, str], str]) -> dict[str, Any]:
     return out
 
 
-def _plain(value: Any) -> Any:
-    """Plain dicts/lists (the parser's line-aware subclasses do not dump)."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
-
 def _number(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
@@ -119,7 +111,7 @@ _Dumper.add_representer(list, _represent_list)
 def dump_containerlab(topo: Topology, header: str = "") -> str:
     """containerlab YAML text for `topo`, with an optional leading comment."""
     text = yaml.dump(
-        _plain(to_containerlab(topo)),
+        plain(to_containerlab(topo)),
         Dumper=_Dumper,
         sort_keys=False,
         default_flow_style=False,

@@ -85,7 +85,11 @@ def check(built: Built | Topology, problems: Problems | None = None) -> Problems
             )
             continue
         for msg in kind.validate(node, topo):
-            problems.add(at(f"node:{node.name}:{msg.split(':', 1)[0]}", no), msg.split(": ", 1)[-1])
+            if msg.startswith(str(no)):
+                problems.items.append(msg)  # already names file, line and key
+            else:
+                key, _, what = msg.partition(": ")
+                problems.add(at(f"node:{node.name}:{key}", no), f"{key}: {what}" if what else key)
         if kind.root_namespace:
             br = bridge_name(lab, node.name)
             if len(br) > IFNAMSIZ:

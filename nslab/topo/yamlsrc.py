@@ -124,3 +124,13 @@ def duplicates(data: Any, path: str = "") -> list[tuple[str, int, int]]:
 
 def join(path: str, key: Any) -> str:
     return f"{path}.{key}" if path else str(key)
+
+
+def plain(value: Any) -> Any:
+    """`value` with LMap/LList turned into plain dicts and lists (for the model,
+    which is pickled and dumped)."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value

@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nslab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `nslab status | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

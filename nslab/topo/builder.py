@@ -52,17 +52,26 @@ class Problems:
     """Collects 'file:line: key: what is wrong — how to fix' messages."""
 
     def __init__(self) -> None:
-        self.items: list[str] = []
+        self._found: list[tuple[int, str]] = []
 
     def add(self, origin: Origin, what: str, fix: str = "") -> None:
         msg = f"{origin}: {what}"
         if fix:
             msg += f" — {fix}"
-        if msg not in self.items:
-            self.items.append(msg)
+        self.add_raw(msg, origin.line)
+
+    def add_raw(self, msg: str, line: int | None = None) -> None:
+        """A message that already names its file, line and key."""
+        if all(msg != m for _, m in self._found):
+            self._found.append((line or 0, msg))
+
+    @property
+    def items(self) -> list[str]:
+        """The messages in file order (line by line)."""
+        return [m for _, m in sorted(self._found, key=lambda x: x[0])]
 
     def __bool__(self) -> bool:
-        return bool(self.items)
+        return bool(self._found)
 
 
 @dataclass

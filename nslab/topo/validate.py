@@ -86,7 +86,7 @@ def check(built: Built | Topology, problems: Problems | None = None) -> Problems
             continue
         for msg in kind.validate(node, topo):
             if msg.startswith(str(no)):
-                problems.items.append(msg)  # already names file, line and key
+                problems.add_raw(msg, no.line)  # already names file, line and key
             else:
                 key, _, what = msg.partition(": ")
                 problems.add(at(f"node:{node.name}:{key}", no), f"{key}: {what}" if what else key)

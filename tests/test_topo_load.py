@@ -219,3 +219,19 @@ def test_list_topologies_and_search_path(tmp_path: Path, monkeypatch) -> None:
     assert load("nfv").name == "ttopo8"  # $NSLAB_TOPOLOGIES comes first
     topo = load("ttopo-tiny", lab_name="ttopo9")
     assert topo.name == "ttopo9" and [str(ip) for ip in topo.nodes["b"].ips] == ["10.0.0.2/8"]
+
+
+def test_the_documented_example_loads(tmp_path: Path) -> None:
+    doc = (Path(__file__).parent.parent / "docs" / "topology-format.md").read_text()
+    example = doc.split("```yaml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "example.yaml"
+    path.write_text(example)
+    topo = load(str(path))
+    assert topo.controller.port == 6653 and topo.nodes["ids"].ips == []
+    assert topo.links[0].params.as_dict() == {
+        "bw": 100.0,
+        "delay": "5ms",
+        "jitter": "1ms",
+        "loss": 0.1,
+        "max_queue": 1000,
+    }

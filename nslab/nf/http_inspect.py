@@ -34,6 +34,7 @@ PASS, DIVERT, BLOCK = "pass", "divert", "block"
 _CL = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.I)
 _CHUNKED = re.compile(rb"\r\ntransfer-encoding:[ \t]*[^\r\n]*chunked", re.I)
 M32 = 0xFFFFFFFF
+CLOSED_LINGER = 30.0
 
 
 class _Flow:
@@ -53,6 +54,7 @@ class _Flow:
         "body_start",
         "chunked",
         "last",
+        "closing",
     )
 
     def __init__(self, base: int):
@@ -61,6 +63,7 @@ class _Flow:
         self.decided: deque[tuple[int, int, str]] = deque(maxlen=16)
         self.ooo: dict[int, bytes] = {}
         self.last = time.monotonic()
+        self.closing = False
         self.new_request(0)
 
     def new_request(self, start: int) -> None:
@@ -142,7 +145,6 @@ class HTTPInspector(Element):
         if not data:
             if flow is not None and flags & (TCP_FIN | TCP_RST):
                 self._finish(flow)  # no more bytes will come: decide on what we have
-                self.flows.pop(key, None)
             self.out[0](pkt)
             return
         if flow is None:  # joined mid-stream: this segment starts a request
@@ -152,7 +154,6 @@ class HTTPInspector(Element):
         self._data(flow, (seq - flow.base) & M32, data, pkt)
         if flags & (TCP_FIN | TCP_RST):
             self._finish(flow)
-            self.flows.pop(key, None)
 
     def _store(self, key: tuple, flow: _Flow) -> None:
         self.flows[key] = flow
@@ -284,7 +285,10 @@ class HTTPInspector(Element):
             self._evaluate(flow)
 
     def _finish(self, flow: _Flow) -> None:
-        """The client closed (or the flow is evicted): decide a pending request now."""
+        """The client closed (or the flow is evicted): decide a pending request now.
+        The flow stays `CLOSED_LINGER` seconds so that retransmissions follow its decisions."""
+        flow.closing = True
+        flow.last = time.monotonic()
         if flow.decision is None and (flow.cur or flow.held):
             self._timeout_decision(flow)
 
@@ -300,7 +304,7 @@ class HTTPInspector(Element):
         for key, flow in list(self.flows.items()):
             if flow.decision is None and flow.held and now - flow.first_held >= self.hold:
                 self._timeout_decision(flow)
-            elif now - flow.last > 600:
+            elif now - flow.last > (CLOSED_LINGER if flow.closing else 600):
                 del self.flows[key]
 
     def stats(self) -> dict[str, Any]:

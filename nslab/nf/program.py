@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from nslab.errors import NslabError
+from nslab.nf.guard import KernelGuard
 from nslab.nf.router import Router, main_for
 
 
@@ -33,6 +34,12 @@ def nf_main(
     ap.add_argument(
         "--duration", type=float, help="stop after this many seconds (default: run until signalled)"
     )
+    ap.add_argument(
+        "--keep-kernel",
+        action="store_true",
+        help="leave the kernel's IP stack on the interfaces (default: nftables drops "
+        "what arrives on them before the kernel sees it; the NF answers for its addresses)",
+    )
     if options:
         options(ap)
     args = ap.parse_args(argv)
@@ -43,4 +50,8 @@ def nf_main(
     except NslabError as exc:
         print(f"{name}: error: {exc}", file=sys.stderr)
         return 2
-    return main_for(router, args.duration)
+    ifaces = [getattr(args, i) for i, _ in interfaces]
+    if args.keep_kernel:
+        return main_for(router, args.duration)
+    with KernelGuard(ifaces, tag=name):
+        return main_for(router, args.duration)

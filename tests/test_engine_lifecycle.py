@@ -256,3 +256,24 @@ def test_second_up_of_a_running_lab_is_refused(inventory):
         )
         assert r.returncode != 0 and "already running" in r.stderr
     assert_clean(inventory)
+
+
+def test_linux_bridge_forwards_while_docker_filters_bridged_traffic(tmp_path, inventory):
+    """Docker's br_netfilter + FORWARD DROP would silently drop bridged frames;
+    the lab switches bridge-nf-call-* off for its lifetime and restores them."""
+    topo = tmp_path / "br.yaml"
+    topo.write_text(
+        "name: tebr\ntopology:\n  nodes:\n    br1: {kind: bridge}\n"
+        "    h1: {kind: linux}\n    h2: {kind: linux}\n  links:\n"
+        "    - endpoints: [h1:eth0, br1:eth1]\n    - endpoints: [h2:eth0, br1:eth2]\n"
+    )
+    key = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
+    before = key.read_text().strip() if key.exists() else None
+    with up(str(topo), progress=None) as lab:
+        if key.exists():
+            assert key.read_text().strip() == "0"
+        r = lab.exec("h1", f"ping -c2 -W2 {lab.ip('h2')}")
+        assert r.returncode == 0, r.stdout
+    if key.exists():
+        assert key.read_text().strip() == before
+    assert_clean(inventory)

@@ -43,6 +43,7 @@ CASES = [
         "",
         "YAML syntax error",
     ),
+    ("yaml-tab", "name: ttopo1\ntopology:\n\tnodes: {}  # <-\n", "", "has a tab"),
     ("missing-topology", "name: ttopo1  # <-\nnodes: {h1: {}}\n", "topology", "missing `topology`"),
     (
         "missing-nodes",

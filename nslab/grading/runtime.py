@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import signal
 import socket
 import stat
@@ -113,6 +112,9 @@ class GradedLab:
 
     def _start_service(self, svc: Service) -> None:
         env = sandbox.student_env(str(self.submission), svc.env)
+        env["NSLAB_LAB"] = (
+            self.instance
+        )  # the engine's label: its teardown finds what runs in the lab
         fmt = {"submission": str(self.submission)}
         if svc.port:
             self.ports[svc.name] = free_port()
@@ -292,7 +294,3 @@ class GradedLab:
     def __repr__(self) -> str:
         v = f" variant={self.variant.name}" if self.variant else ""
         return f"<GradedLab {self.spec.id} as {self.instance}{v} params={self.params}>"
-
-
-def describe_command(argv: list[str]) -> str:
-    return shlex.join(argv)

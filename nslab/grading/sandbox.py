@@ -127,39 +127,44 @@ def _clamped(res: int, value: int) -> tuple[int, int]:
     return value, value
 
 
-def demote(
-    user: str, limits: Limits | None = None, cwd: str | None = None, new_session: bool = True
-) -> Callable[[], None]:
-    """A `preexec_fn` that applies `limits` and runs the child as `user`.
+class Demote:
+    """A picklable `preexec_fn` (the engine pickles it for its supervisor)
+    that applies limits and runs the child as the student user. Works whether
+    the caller is root (drops to the user) or Popen already switched user
+    (`Popen(user=...)` happens before preexec_fn): then it only applies limits."""
 
-    Works whether the caller is root (drops to the user) or Popen already
-    switched user (`Popen(user=...)` happens before preexec_fn): then it only
-    applies the limits."""
-    pw = pwd.getpwnam(user)
-    uid, gid = pw.pw_uid, pw.pw_gid
-    if uid == 0:
-        raise NslabError(f"refusing to sandbox as '{user}': it is root")
-    rl = [(res, _clamped(res, v)) for res, v in (limits or Limits()).rlimits()]
+    def __init__(self, user: str, limits: Limits | None, cwd: str | None, new_session: bool):
+        pw = pwd.getpwnam(user)
+        if pw.pw_uid == 0:
+            raise NslabError(f"refusing to sandbox as '{user}': it is root")
+        self.uid, self.gid, self.cwd, self.new_session = pw.pw_uid, pw.pw_gid, cwd, new_session
+        self.rlimits = [(res, _clamped(res, v)) for res, v in (limits or Limits()).rlimits()]
 
-    def _preexec() -> None:
-        if new_session:
+    def __call__(self) -> None:
+        if self.new_session:
             try:
                 os.setsid()
             except OSError:
                 pass  # already a session leader (e.g. Popen(start_new_session=True))
-        for res, pair in rl:
+        for res, pair in self.rlimits:
             resource.setrlimit(res, pair)
         if os.geteuid() == 0:
             os.setgroups([])
-            os.setgid(gid)
-            os.setuid(uid)
-        elif os.geteuid() != uid:
-            raise PermissionError(f"cannot switch from uid {os.geteuid()} to {uid}")
+            os.setgid(self.gid)
+            os.setuid(self.uid)
+        elif os.geteuid() != self.uid:
+            raise PermissionError(f"cannot switch from uid {os.geteuid()} to {self.uid}")
         os.umask(0o077)
-        if cwd:
-            os.chdir(cwd)
+        if self.cwd:
+            os.chdir(self.cwd)
 
-    return _preexec
+
+def demote(
+    user: str, limits: Limits | None = None, cwd: str | None = None, new_session: bool = True
+) -> Callable[[], None]:
+    """A `preexec_fn` that applies `limits` and runs the child as `user`
+    (in its own session unless `new_session` is False)."""
+    return Demote(user, limits, cwd, new_session)
 
 
 def student_env(workdir: str, extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -1,0 +1,150 @@
+"""nslab lab: list labs, start one with your code in place, stop it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+from pathlib import Path
+
+from nslab.errors import NslabError
+from nslab.grading import sandbox
+from nslab.grading.runtime import GradedLab
+from nslab.labs import LabSpec, find_lab, list_labs
+
+VERB = "lab"
+HELP = "list labs, start one with your submission in place (it stays up), stop it"
+STATE_DIR = Path("/run/nslab-labs")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", metavar="ACTION")
+    sub.required = True
+    sub.add_parser("list", help="labs found under labs/ (or $NSLAB_LABS)")
+    s = sub.add_parser("start", help="bring a lab up with your code in place; it stays up")
+    s.add_argument("lab", metavar="ID")
+    s.add_argument(
+        "--submission",
+        "-s",
+        type=Path,
+        default=None,
+        help="your folder (default: . if it has the files, else starter/)",
+    )
+    s.add_argument(
+        "--variant", default=None, help="start a variant of the lab (lab.yaml `variants:`)"
+    )
+    t = sub.add_parser("stop", help="stop a lab started with `nslab lab start`")
+    t.add_argument("lab", metavar="ID")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.action == "list":
+        return _list()
+    if os.geteuid() != 0:
+        raise NslabError("labs bring up network namespaces and need root: run it with sudo")
+    spec = find_lab(args.lab)
+    return _start(spec, args) if args.action == "start" else _stop(spec)
+
+
+def _list() -> int:
+    labs = list_labs()
+    if not labs:
+        print("no labs found (looked in $NSLAB_LABS or the repository's labs/)")
+        return 0
+    w = max(len(s.id) for s in labs)
+    for s in labs:
+        running = " (running)" if (STATE_DIR / f"{s.id}.json").exists() else ""
+        print(f"{s.id:<{w}}  {s.title}{running}")
+    return 0
+
+
+def _submission(spec: LabSpec, given: Path | None) -> Path:
+    if given is not None:
+        if not given.is_dir():
+            raise NslabError(f"{given}: not a folder")
+        return given
+    if spec.submit and all((Path(".") / f).is_file() for f in spec.submit):
+        return Path(".")
+    print(f"no {', '.join(spec.submit) or 'submission'} here: starting with the lab's starter/")
+    return spec.path / "starter"
+
+
+def _start(spec: LabSpec, args: argparse.Namespace) -> int:
+    state_file = STATE_DIR / f"{spec.id}.json"
+    if state_file.exists():
+        raise NslabError(f"lab {spec.id} is already running: `nslab lab stop {spec.id}` first")
+    variant = None
+    if args.variant:
+        variant = next((v for v in spec.variants if v.name == args.variant), None)
+        if variant is None:
+            known = ", ".join(v.name for v in spec.variants) or "none"
+            raise NslabError(f"lab {spec.id} has no variant '{args.variant}' (variants: {known})")
+    sub = _submission(spec, args.submission)
+    user = sandbox.slot_user(None, 0)
+    sandbox.ensure_user(user)
+    limits = sandbox.Limits.from_dict(spec.limits)
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    os.chmod(STATE_DIR, 0o755)
+    workdir = sandbox.make_workdir("/tmp", f"nslab-live-{spec.name}-", user, limits, sub)
+    logs = STATE_DIR / spec.id
+    glab = GradedLab(spec, workdir, user, limits, spec.name, logs, variant)
+    try:
+        glab.start()
+    except BaseException:
+        sandbox.remove_workdir(workdir)
+        raise
+    state = {
+        "instance": spec.name,
+        "workdir": str(workdir),
+        "user": user,
+        "services": {n: p.pid for n, p in glab.procs.items()},
+        "ports": glab.ports,
+    }
+    state_file.write_text(json.dumps(state, indent=1))
+    print(f"lab {spec.id} is up as '{spec.name}' with {sub.resolve()} (copied to {workdir})")
+    if spec.topology:
+        print(
+            f"  shell on a node: sudo nslab shell {spec.name} h1;   status: sudo nslab status {spec.name}"
+        )
+        if glab.engine is not None and glab.engine.controller_log:
+            print(f"  controller log:  {glab.engine.controller_log}")
+    for n in glab.procs:
+        port = f", port {glab.ports[n]}" if n in glab.ports else ""
+        print(f"  service {n}: log {logs / (n + '.log')}{port}")
+    print(f"  check it:        sudo nslab check {spec.id} --submission {sub}")
+    print(f"  stop it:         sudo nslab lab stop {spec.id}")
+    return 0
+
+
+def _stop(spec: LabSpec) -> int:
+    state_file = STATE_DIR / f"{spec.id}.json"
+    if not state_file.exists():
+        raise NslabError(f"lab {spec.id} is not running (no {state_file})")
+    state = json.loads(state_file.read_text())
+    for pid in state.get("services", {}).values():
+        try:
+            if os.stat(f"/proc/{pid}").st_uid == _uid(
+                state["user"]
+            ):  # still ours, not a reused pid
+                os.killpg(pid, signal.SIGKILL)
+        except (OSError, KeyError):
+            pass
+    sandbox.kill_user_processes(state["user"])
+    if spec.topology:
+        from nslab.engine import Lab
+
+        try:
+            Lab.attach(state["instance"]).down()
+        except NslabError as exc:
+            print(f"note: {exc}")
+    sandbox.remove_workdir(state["workdir"])
+    state_file.unlink()
+    print(f"lab {spec.id} stopped")
+    return 0
+
+
+def _uid(user: str) -> int:
+    import pwd
+
+    return pwd.getpwnam(user).pw_uid

@@ -189,7 +189,6 @@ class _Run:
                 except HttpError:
                     self.open_conns -= 1
                     raise
-                sent = time.perf_counter()
             status, _, body = await conn.request(
                 "POST", self.path, p.body, self.headers, self.timeout_s
             )

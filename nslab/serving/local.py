@@ -11,7 +11,7 @@ import select
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from nslab.errors import NslabError
@@ -36,14 +36,18 @@ class Proc:
                 self.popen.wait(5)
 
 
-def _launch(cmd: list[str], env: dict | None = None) -> subprocess.Popen:
+def _launch(
+    cmd: list[str], env: dict | None = None, preexec_fn: Callable[[], None] | None = None
+) -> subprocess.Popen:
+    """env: the whole environment when preexec_fn is given (a sandbox), else additions."""
     return subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, **(env or {})},
-        start_new_session=True,
+        env=env if preexec_fn else {**os.environ, **(env or {})},
+        start_new_session=preexec_fn is None,
+        preexec_fn=preexec_fn,
     )
 
 
@@ -74,7 +78,9 @@ def start_pod(cfg: dict[str, Any], timeout_s: float = 60.0) -> Proc:
     return _start(pod_command(cfg), f"pod {cfg.get('name') or cfg.get('model', '')}", timeout_s)
 
 
-def start_dispatcher(pods: list[tuple[str, str]], policy: str = "round-robin", **kw: Any) -> Proc:
+def dispatcher_command(
+    pods: list[tuple[str, str]], policy: str = "round-robin", **kw: Any
+) -> list[str]:
     cfg = {
         "pods": [{"name": n, "url": u} for n, u in pods],
         "policy": policy,
@@ -82,8 +88,11 @@ def start_dispatcher(pods: list[tuple[str, str]], policy: str = "round-robin", *
         "port": 0,
         **kw,
     }
-    cmd = [sys.executable, "-m", "nslab.serving.dispatcher", "--config", json.dumps(cfg)]
-    return _start(cmd, f"dispatcher ({policy})")
+    return [sys.executable, "-m", "nslab.serving.dispatcher", "--config", json.dumps(cfg)]
+
+
+def start_dispatcher(pods: list[tuple[str, str]], policy: str = "round-robin", **kw: Any) -> Proc:
+    return _start(dispatcher_command(pods, policy, **kw), f"dispatcher ({policy})")
 
 
 @contextlib.contextmanager

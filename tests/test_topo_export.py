@@ -134,3 +134,11 @@ def test_cli_export_writes_file_and_rendered_text(tmp_path: Path, capsys) -> Non
     assert "k must be an even number" in capsys.readouterr().err
     assert main(["export", "fat-tree", "-p", "k"]) == 1
     assert "not key=value" in capsys.readouterr().err
+
+
+def test_cli_export_list_shows_topologies_and_parameters(capsys) -> None:
+    assert main(["export", "--list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("default", "fat-tree", "leaf-spine", "dumbbell", "nfv"):
+        assert f"\n{name} " in f"\n{out}"
+    assert "-p k=4  ports per switch" in out and "-p oversubscription=1" in out

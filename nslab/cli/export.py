@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from nslab.errors import NslabError
-from nslab.topo import load, parse_params, render
+from nslab.topo import list_topologies, load, parse_params, render, template
 from nslab.topo.export import dump_containerlab
 
 VERB = "export"
@@ -16,7 +16,10 @@ HELP = "write a topology as a containerlab file (or show a template rendered)"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "topology", metavar="TOPO", help="topology name (see `nslab export --list`) or file"
+        "topology", metavar="TOPO", nargs="?", help="topology name (see `--list`) or file"
+    )
+    p.add_argument(
+        "--list", action="store_true", help="list the known topologies and their parameters"
     )
     p.add_argument(
         "-p",
@@ -39,6 +42,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.list:
+        return _list()
+    if not args.topology:
+        raise NslabError("name a topology (or file) to export — see `nslab export --list`")
     params = parse_params(args.param)
     if args.format == "rendered":
         _, text, _ = render(args.topology, params)
@@ -55,4 +62,16 @@ def run(args: argparse.Namespace) -> int:
             raise NslabError(f"cannot write {args.output}: {exc.strerror}") from None
     else:
         sys.stdout.write(text)
+    return 0
+
+
+def _list() -> int:
+    for name, path, description in list_topologies():
+        print(f"{name:12} {description}")
+        if template.is_template(path):
+            header = template.read_header(path, path.read_text(encoding="utf-8"))
+            for prm in header.params.values():
+                hint = f"  {prm.help}" if prm.help else ""
+                print(f"{'':12}   -p {prm.name}={'' if prm.default is None else prm.default}{hint}")
+        print(f"{'':12}   ({path})")
     return 0

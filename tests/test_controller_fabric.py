@@ -101,6 +101,18 @@ def test_unknown_peer_is_treated_as_edge() -> None:
     assert fab.unresolved == ["lf1:eth9 -> br0:eth1"]
 
 
+def test_linux_bridge_without_dpid_is_an_edge() -> None:
+    data = leaf_spine(1, 1)
+    data["switches"]["br0"] = {
+        "dpid": None,
+        "ports": {"1": {"peer": "lf1:eth9", "peer_role": "switch"}},
+    }
+    data["switches"]["lf1"]["ports"]["9"] = {"peer": "br0:eth1", "peer_role": "switch"}
+    fab = Fabric.from_dict(data)
+    assert fab.dpids == [1, 101]
+    assert fab.is_host_port(101, 9)
+
+
 def test_load_errors_name_file_and_key(tmp_path) -> None:
     bad = tmp_path / "fabric.json"
     bad.write_text('{"switches": {"s1": {"dpid": 1}}')  # truncated

@@ -128,6 +128,10 @@ class Fabric:
             if not isinstance(sw, dict):
                 raise bad(key, "not an object")
             dpid = sw.get("dpid")
+            if dpid is None:
+                # A Linux bridge: not OpenFlow, so not ours to program. Ports
+                # that face it count as edge ports (see Fabric.unresolved).
+                continue
             if not isinstance(dpid, int) or dpid <= 0:
                 raise bad(f"{key}.dpid", f"must be a positive integer, got {dpid!r}")
             if dpid in seen_dpids:

@@ -277,3 +277,33 @@ def test_linux_bridge_forwards_while_docker_filters_bridged_traffic(tmp_path, in
     if key.exists():
         assert key.read_text().strip() == before
     assert_clean(inventory)
+
+
+@pytest.mark.docker
+def test_container_nodes_join_the_topology(tmp_path, nslab_images, inventory):
+    """A linux node with an image is a Docker container with no network of its
+    own; its links are created straight into its namespace; `exec` runs after."""
+    topo = tmp_path / "ctr.yaml"
+    topo.write_text(
+        "name: tect\ntopology:\n  nodes:\n"
+        "    h1: {kind: linux, ip: 10.9.0.1/24}\n"
+        "    c1: {kind: linux, image: nslab/nf, ip: 10.9.0.2/24, exec: ['touch /tmp/exec-ran']}\n"
+        "    s1: {kind: ovs-bridge}\n"
+        "    h2: {kind: linux, ip: 10.9.0.3/24}\n"
+        "  links:\n    - endpoints: [h1:eth0, c1:eth0]\n"
+        "    - endpoints: [c1:eth1, s1:eth1]\n    - endpoints: [h2:eth0, s1:eth2]\n"
+    )
+    with up(str(topo), progress=None) as lab:
+        assert lab.exec("h1", "ping -c1 -W2 10.9.0.2").returncode == 0
+        inside = lab.container_cmd("c1")
+        r = subprocess.run(
+            [*inside, "sh", "-c", "ls /tmp/exec-ran && ip -o link"], capture_output=True, text=True
+        )
+        assert r.returncode == 0 and "eth0" in r.stdout and "eth1" in r.stdout, r.stdout + r.stderr
+        r = subprocess.run(
+            [*NSLAB, "exec", "--name", "tect", "c1", "--", "cat", "/etc/os-release"],
+            capture_output=True,
+            text=True,
+        )
+        assert "bookworm" in r.stdout, "exec on a container node runs inside the container"
+    assert_clean(inventory)

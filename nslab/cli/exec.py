@@ -14,6 +14,12 @@ HELP = "run a command inside a node of a running lab"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="lab name (optional when exactly one lab runs)")
+    p.add_argument(
+        "--netns",
+        action="store_true",
+        help="for a container node: run this host's command in its network namespace "
+        "instead of inside the container",
+    )
     p.add_argument("node")
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="command (after --)")
 
@@ -34,4 +40,6 @@ def run(args: argparse.Namespace) -> int:
     if not cmd:
         raise NslabError("no command given: nslab exec NODE -- CMD ...")
     lab = find_lab(args.name)
-    return subprocess.call(lab.command(args.node, cmd), env=lab.env())
+    inside = None if args.netns else lab.container_cmd(args.node)
+    argv = [*inside, *cmd] if inside else lab.command(args.node, cmd)
+    return subprocess.call(argv, env=lab.env())

@@ -19,6 +19,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     lab = find_lab(args.name)
+    inside = lab.container_cmd(args.node)
+    if inside:  # a container: its own shell, filesystem and tools
+        from nslab import containers
+
+        return subprocess.call([*containers.exec_cmd(lab.name, args.node, interactive=True), "sh"])
     env = {**lab.env(), "PS1": f"{args.node}@{lab.name}:\\w# "}
     shell = os.environ.get("SHELL", "/bin/bash")
     return subprocess.call(

@@ -178,7 +178,8 @@ class Builder:
         self.progress(f"lab {self.lab} ready in {time.monotonic() - t0:.1f} s")
 
     def start_hosts(self) -> None:
-        nodes = self.host_nodes()
+        nodes = [n for n in self.host_nodes() if not n.image]
+        self.start_containers([n for n in self.host_nodes() if n.image])
         if not nodes:
             return
         self.progress(f"starting {len(nodes)} hosts")
@@ -192,6 +193,46 @@ class Builder:
         deadline = time.monotonic() + 30 + 0.05 * len(nodes)
         for h in self.hosts.values():
             h.wait_prompt(deadline)
+
+    def start_containers(self, nodes: list[Node]) -> None:
+        """Container nodes: Docker containers with no network of their own; the
+        topology's links are then created straight into their namespaces."""
+        if not nodes:
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        from nslab import containers
+
+        self.progress(f"starting {len(nodes)} containers")
+        for n in nodes:
+            self.state.containers[n.name] = containers.container_name(self.lab, n.name)
+        self.state.save()
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            infos = list(pool.map(lambda n: containers.start(self.lab, n, n.image), nodes))
+        for n, info in zip(nodes, infos, strict=True):
+            self.state.hosts[n.name] = info.pid
+            for w in info.warnings:
+                self.progress(f"warning: {n.name}: {w}")
+        self.state.save()
+
+    def node_sh(self, node: str, script: str) -> subprocess.Popen | NsHost:
+        """Start a shell line inside a host or container node (no waiting)."""
+        if node in self.hosts:
+            self.hosts[node].sendCmd(script)
+            return self.hosts[node]
+        return subprocess.Popen(
+            ["nsenter", "-t", str(self.state.hosts[node]), "-n", "--", "bash", "-c", script],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    @staticmethod
+    def node_wait(handle: subprocess.Popen | NsHost) -> str:
+        if isinstance(handle, NsHost):
+            return handle.waitOutput()
+        out, _ = handle.communicate(timeout=60)
+        return out
 
     def _end(self, node: str, iface: str) -> tuple[str, str]:
         """(name, netns argument) of one veth end."""
@@ -315,15 +356,23 @@ class Builder:
             sysctl.acquire(self.state, f"net.bridge.{key}", "0")
 
     def configure_hosts(self) -> None:
-        if not self.hosts:
+        if not self.state.hosts:
             return
-        self.progress(f"configuring {len(self.hosts)} hosts")
-        for name, h in self.hosts.items():
-            h.sendCmd(self._host_script(self.topo.nodes[name]))
-        for h in self.hosts.values():
-            out = h.waitOutput()
+        self.progress(f"configuring {len(self.state.hosts)} hosts")
+        # Send to every node first, then collect: nodes configure in parallel.
+        started = {
+            name: self.node_sh(name, self._host_script(self.topo.nodes[name]))
+            for name in self.state.hosts
+        }
+        for name, handle in started.items():
+            out = self.node_wait(handle)
             if "NSLAB-OK" not in out:
-                raise NslabError(f"configuring host {h.name} failed: {out.strip()[-400:]}")
+                raise NslabError(f"configuring host {name} failed: {out.strip()[-400:]}")
+        if self.state.containers:
+            from nslab import containers
+
+            for name in self.state.containers:
+                containers.run_exec(self.lab, self.topo.nodes[name])
 
     def _host_script(self, node: Node) -> str:
         """One shell line per host: bash builtins and a single `ip -batch`, because
@@ -375,8 +424,9 @@ class Builder:
         if root_lines:
             run(["tc", "-batch", "-"], "\n".join(root_lines) + "\n")
         for node, lines in per_host.items():
-            h = self.hosts[node]
-            out = h.cmd(" && ".join(f"tc {ln}" for ln in lines) + " && echo NSLAB-OK")
+            out = self.node_wait(
+                self.node_sh(node, " && ".join(f"tc {ln}" for ln in lines) + " && echo NSLAB-OK")
+            )
             if "NSLAB-OK" not in out:
                 raise NslabError(f"shaping links of {node} failed: {out.strip()[-300:]}")
 

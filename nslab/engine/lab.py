@@ -92,9 +92,18 @@ class Lab:
         n = self._node(node)
         if get_kind(n.kind).root_namespace:
             return []
-        if node in self.state.containers:
-            return ["nsenter", "-t", str(self.pid(node)), "-n", "-m", "-u", "-i", "-p", "--"]
+        # The node's network namespace with this host's tools (tcpdump, iperf3,
+        # ...) for every kind, so observations do not depend on an image's content.
         return ["nsenter", "-t", str(self.pid(node)), "-n", "--"]
+
+    def container_cmd(self, node: str) -> list[str] | None:
+        """Prefix that runs a command inside a container node (its filesystem,
+        environment and namespaces); None for namespace hosts and switches."""
+        if node not in self.state.containers:
+            return None
+        from nslab import containers
+
+        return containers.exec_cmd(self.name, node)
 
     def command(self, node: str, cmd: str | list[str], user: str | None = None) -> list[str]:
         argv = ["sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
@@ -199,6 +208,19 @@ def check_capabilities(topo: Topology, allow_degraded: bool) -> list[str]:
     return problems
 
 
+def resolve_images(topo: Topology, progress: Progress) -> None:
+    """Container nodes: map `nslab/<name>` to its current hash tag, building it
+    first if needed (offline, from the local base), before anything is created."""
+    nodes = [n for n in topo.nodes.values() if n.image]
+    if not nodes:
+        return
+    from nslab import containers, images
+
+    containers.require_docker()
+    for n in nodes:
+        n.image = images.resolve(n.image, progress=progress)
+
+
 def up(
     topology: str | Topology,
     params: dict | None = None,
@@ -229,6 +251,7 @@ def up(
         progress(f"cleaning up what a crashed lab '{name}' left behind")
         old.down(progress)
     degraded = check_capabilities(topo, allow_degraded)
+    resolve_images(topo, progress)
     if controller_preexec is not None:
         try:
             pickle.dumps(controller_preexec)

@@ -334,3 +334,30 @@ def test_kind_keys_in_defaults_apply_only_to_kinds_that_take_them(tmp_path: Path
     path.write_text(HOSTS.replace("topology:\n", "topology:\n  defaults: {gpus: all}\n", 1))
     topo = load(str(path))
     assert topo.nodes["h1"].config == {"gpus": "all"} and topo.nodes["s1"].config == {}
+
+
+def test_validate_works_on_a_topology_built_in_python() -> None:
+    import ipaddress
+
+    from nslab.topo import Endpoint, Interface, Link, LinkParams, Node, Topology
+    from nslab.topo.validate import validate
+
+    topo = Topology(name="ttopo10")
+    topo.nodes["h1"] = Node("h1", "linux", gateway=ipaddress.IPv4Address("10.9.0.1"))
+    topo.nodes["h1"].interfaces["eth0"] = Interface(
+        "eth0", "h1", [ipaddress.IPv4Interface("10.0.0.1/24")]
+    )
+    topo.nodes["s1"] = Node("s1", "ovs-bridge", dpid=1)
+    topo.nodes["s1"].interfaces["eth1"] = Interface("eth1", "s1")
+    topo.links.append(Link(Endpoint("h1", "eth0"), Endpoint("s1", "eth1"), LinkParams(bw=-5)))
+    topo.links.append(Link(Endpoint("h1", "eth0"), Endpoint("s2", "eth1")))
+    with pytest.raises(TopologyError) as err:
+        validate(topo)
+    text = str(err.value)
+    assert len(err.value.problems) == 4, text
+    for words in ("bw -5", "unknown node 's2'", "h1:eth0 is used by two links", "gateway 10.9.0.1"):
+        assert words in text
+    topo.links[0].params.bw = 10
+    del topo.links[1]
+    topo.nodes["h1"].gateway = ipaddress.IPv4Address("10.0.0.254")
+    validate(topo)  # now fine

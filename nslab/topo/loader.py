@@ -80,8 +80,9 @@ def describe_file(path: Path) -> str:
     return " ".join(lines)
 
 
-def find(ref: str) -> Path:
+def find(ref: str | os.PathLike[str]) -> Path:
     """The file `ref` names: a path, or a name in the search dirs."""
+    ref = os.fspath(ref)
     path = Path(ref)
     if path.is_file():
         return path

@@ -95,6 +95,8 @@ class _Builder:
         self.origins: dict[str, Origin] = {}
         self.used_ips: set[ipaddress.IPv4Address] = set()
         self.no_address: set[str] = set()
+        # interface settings (ip, mac) wait here until every link has made its interfaces
+        self.pending: list[tuple[str, str, dict[str, Any], Origin]] = []
 
     # -- helpers -----------------------------------------------------------
     def origin(self, container: Any, key: Any, path: str) -> Origin:
@@ -104,9 +106,6 @@ class _Builder:
         elif isinstance(container, LList) and isinstance(key, int):
             line = container.line_of(key)
         return Origin(self.file, line, path)
-
-    def here(self, container: Any, path: str) -> Origin:
-        return Origin(self.file, getattr(container, "line", None), path)
 
     def bad(self, origin: Origin, what: str, fix: str = "") -> None:
         self.problems.add(origin, what, fix)
@@ -669,13 +668,11 @@ class _Builder:
 
     # -- addresses --------------------------------------------------------------
     def _pending(self, node: str, iface: str, settings: dict[str, Any], o: Origin) -> None:
-        pend = self.__dict__.setdefault("_pend", [])
-        pend.append((node, iface, settings, o))
+        self.pending.append((node, iface, settings, o))
 
     def _apply_addresses(self, topo: Topology) -> None:
         """Apply `ip`, `interfaces:`, labels and link ipv4 now that interfaces exist."""
         for node in topo.nodes.values():
-            kind = kinds.get(node.kind)
             cfg = node.config
             ifaces = cfg.pop("_nslab_interfaces", None)
             io = self.origins.get(f"node:{node.name}:interfaces", node.origin)
@@ -762,9 +759,7 @@ class _Builder:
                     self.bad(
                         do, f"bad dpid {_show(dpid)}", "write a number (1, 2, ...) or hex like 0x1a"
                     )
-            if kind is not None and kind.root_namespace:
-                pass  # switch ports carry no addresses: checked in _settle
-        for node_name, iface, settings, o in self.__dict__.get("_pend", []):
+        for node_name, iface, settings, o in self.pending:
             self._settle(topo, node_name, iface, settings, o)
 
     def _settle(

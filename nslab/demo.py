@@ -64,7 +64,7 @@ def main() -> int:
         print()
         print("Try it yourself:  sudo .venv/bin/nslab up default")
         print("                  sudo .venv/bin/nslab exec h1 -- ping -c3 10.0.0.4")
-        print("                  sudo .venv/bin/nslab down default")
+        print("                  sudo .venv/bin/nslab down dc")
         return 0 if ok == total else 1
     finally:
         lab.down()

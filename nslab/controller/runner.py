@@ -50,6 +50,16 @@ def resolve_app(app: str) -> str:
     looks_like_path = app.endswith(".py") or os.sep in app
     if looks_like_path:
         path = Path(app).expanduser()
+        try:
+            os.stat(path)
+        except PermissionError:
+            raise NslabError(
+                f"controller app {app!r}: permission denied for uid {os.getuid()} "
+                "(the controller may run as an unprivileged user: make the file and "
+                "its folders readable to it)"
+            ) from None
+        except OSError:
+            pass
         if not path.is_file():
             raise NslabError(
                 f"controller app {app!r}: no such file (give a path to a .py file, "

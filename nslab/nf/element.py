@@ -85,5 +85,11 @@ class _Port:
         return other
 
 
+# Monotonic time of the current burst, set by the router before it pushes a
+# batch (cheaper than a clock read per packet); elements outside a router
+# (tests) see the time of the last tick() or of import.
+CLOCK = [time.monotonic()]
+
+
 def now() -> float:
     return time.monotonic()

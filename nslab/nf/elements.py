@@ -13,7 +13,7 @@ from collections import deque
 from typing import Any
 
 from nslab.errors import NslabError
-from nslab.nf.element import Element
+from nslab.nf.element import CLOCK, Element
 from nslab.nf.filter import compile_filter
 from nslab.nf.flows import FlowTable
 from nslab.nf.packet import (
@@ -138,7 +138,7 @@ class Counter(Element):
     def push(self, pkt: Packet, port: int = 0) -> None:
         self.packets += 1
         self.bytes += len(pkt.data)
-        t = time.monotonic()
+        t = CLOCK[0]  # the router's clock, read once per burst rather than per packet
         if not self.first:
             self.first = t
         self.last = t

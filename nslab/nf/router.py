@@ -12,7 +12,7 @@ from typing import Any
 
 from nslab.errors import NslabError
 from nslab.nf import report as reportlib
-from nslab.nf.element import Element
+from nslab.nf.element import CLOCK, Element
 from nslab.nf.elements import FromDevice, ToDevice
 from nslab.nf.rawsock import RawSocket
 
@@ -99,6 +99,8 @@ class Router:
                 events = poller.poll(int(TICK_S * 1000))
             except InterruptedError:
                 continue
+            if events:
+                CLOCK[0] = time.monotonic()
             for fd, _ in events:
                 src = by_fd[fd]
                 # drain this interface in bursts, flushing outputs after each burst
@@ -108,7 +110,7 @@ class Router:
                         f()
                     if n < src.batch:
                         break
-            now = time.monotonic()
+            now = CLOCK[0] = time.monotonic()
             if now >= next_tick:
                 next_tick = now + TICK_S
                 for e in ticking:

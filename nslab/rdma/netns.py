@@ -1,0 +1,109 @@
+"""Two namespaces joined by a veth pair, for tests and benchmarks of the RDMA
+transport, and a way to open sockets inside a namespace from any thread.
+
+Linux network namespaces are per thread: a thread that calls setns(2) creates
+its sockets in that namespace, and the sockets stay there whatever thread uses
+them later. So one Python process can drive both ends of a link.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from nslab.errors import CapabilityError
+
+_CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, _CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise CapabilityError(f"setns failed: {os.strerror(err)} (needs root)")
+
+
+@contextlib.contextmanager
+def netns(name: str) -> Iterator[None]:
+    """Run the body with this thread in network namespace `name` (from `ip netns`)."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        target = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    except FileNotFoundError as exc:
+        os.close(own)
+        raise CapabilityError(f"network namespace {name!r} does not exist") from exc
+    try:
+        _setns(target)
+        yield
+    finally:
+        _setns(own)
+        os.close(own)
+        os.close(target)
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
+
+
+@dataclass
+class Pair:
+    """Namespaces a and b, linked by veth a_if <-> b_if, addresses a_ip / b_ip."""
+
+    a: str
+    b: str
+    a_if: str
+    b_if: str
+    a_ip: str
+    b_ip: str
+
+    def exec_cmd(self, side: str, cmd: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.a if side == "a" else self.b, *cmd]
+
+    def remove(self) -> None:
+        for ns in (self.a, self.b):
+            _ip("netns", "del", ns, check=False)
+
+
+def make_pair(prefix: str, mtu: int = 1500, subnet: str = "10.79.0") -> Pair:
+    """Create namespaces <prefix>a and <prefix>b joined by a veth pair. Checksum
+    and segmentation offloads are turned off (like the rest of nslab does).
+    Raises CapabilityError without root; removes what it made on failure."""
+    if os.geteuid() != 0:
+        raise CapabilityError("creating network namespaces needs root")
+    p = Pair(f"{prefix}a", f"{prefix}b", f"{prefix}x", f"{prefix}y", f"{subnet}.1", f"{subnet}.2")
+    try:
+        for ns in (p.a, p.b):
+            _ip("netns", "add", ns)
+            _ip("-n", ns, "link", "set", "lo", "up")
+        _ip("link", "add", p.a_if, "mtu", str(mtu), "netns", p.a, "type", "veth", "peer", "name", p.b_if, "mtu", str(mtu), "netns", p.b)  # fmt: skip
+        for ns, ifn, ip in ((p.a, p.a_if, p.a_ip), (p.b, p.b_if, p.b_ip)):
+            _ip("-n", ns, "addr", "add", f"{ip}/24", "dev", ifn)
+            _ip("-n", ns, "link", "set", ifn, "up")
+            subprocess.run(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    ns,
+                    "ethtool",
+                    "-K",
+                    ifn,
+                    "tx",
+                    "off",
+                    "tso",
+                    "off",
+                    "gso",
+                    "off",
+                ],
+                capture_output=True,
+            )
+    except subprocess.CalledProcessError as exc:
+        p.remove()
+        raise CapabilityError(
+            f"could not build namespaces {p.a}/{p.b}: {exc.stderr.strip()}"
+        ) from exc
+    return p

@@ -166,13 +166,20 @@ class Builder:
     # -- steps ------------------------------------------------------------------
     def build(self) -> None:
         t0 = time.monotonic()
-        self.start_hosts()
-        self.create_links()
-        self.create_switches()
-        self.configure_hosts()
-        self.shape_links()
-        self.start_controller()
-        self.write_fabric()
+        steps = (
+            self.start_hosts,
+            self.create_links,
+            self.create_switches,
+            self.configure_hosts,
+            self.shape_links,
+            self.start_controller,
+            self.write_fabric,
+        )
+        for step in steps:
+            t = time.monotonic()
+            step()
+            # Step timings go to supervisor.log: where bring-up time goes.
+            print(f"{step.__name__}: {time.monotonic() - t:.2f} s", flush=True)
         self.state.status = "ready"
         self.state.save()
         self.progress(f"lab {self.lab} ready in {time.monotonic() - t0:.1f} s")

@@ -162,6 +162,7 @@ class _Run:
         self.pool = Pool(host, port, max_idle=self.max_connections)
         self.records: list[tuple[float, float, float, int, bool, bytes]] = []
         self.inflight: set[asyncio.Task] = set()
+        self.sent_times: list[float] = []  # every attempt, answered or not
         self.open_conns = 0
         self.conn_free = asyncio.Event()
         self.seq = 0
@@ -169,6 +170,7 @@ class _Run:
     async def send(self, scheduled: float | None) -> None:
         p = self.bodies[self.seq % len(self.bodies)]
         self.seq += 1
+        self.sent_times.append(time.perf_counter())
         conn = None
         while self.pool.idle:
             c = self.pool.idle.pop()
@@ -247,7 +249,9 @@ class _Run:
         self.pool.close()
 
 
-def _window(records: list, t_start: float, t_end: float, slo_s: float | None) -> dict[str, Any]:
+def _window(
+    records: list, sent_times: list[float], t_start: float, t_end: float, slo_s: float | None
+) -> dict[str, Any]:
     rs = [r for r in records if t_start <= r[2] < t_end]
     dur = t_end - t_start
     lat = np.array([r[2] - min(r[0], r[1]) for r in rs if r[4]])
@@ -262,7 +266,7 @@ def _window(records: list, t_start: float, t_end: float, slo_s: float | None) ->
         "goodput": good / dur if good is not None else None,
         "p50_ms": s["p50_ms"],
         "p99_ms": s["p99_ms"],
-        "sent_rate": sum(1 for r in records if t_start <= r[1] < t_end) / dur,
+        "sent_rate": sum(1 for t in sent_times if t_start <= t < t_end) / dur,
     }
 
 
@@ -331,7 +335,7 @@ async def run_async(
             await asyncio.sleep(max(0.0, w_start + window_s - time.perf_counter()))
             if gen.done() and gen.exception():
                 raise gen.exception()  # type: ignore[misc]
-            windows.append(_window(run.records, w_start, w_start + window_s, slo_s))
+            windows.append(_window(run.records, run.sent_times, w_start, w_start + window_s, slo_s))
             last = windows[-stable_windows:] if stable_windows else []
             if stable_windows and len(last) == stable_windows:
                 if within([w["throughput"] for w in last], stability_pct) and within(
@@ -349,6 +353,7 @@ async def run_async(
         stable = True
     m_start, m_end = use[0]["start"], use[-1]["end"]
     recs = [r for r in run.records if m_start <= r[2] < m_end]
+    sent = sum(1 for t in run.sent_times if m_start <= t < m_end)
     sent_recs = [r for r in run.records if m_start <= r[1] < m_end]
     dur = m_end - m_start
     # From the scheduled time when sent late (queueing in the generator counts),
@@ -366,12 +371,12 @@ async def run_async(
         arrival=arrival if rate is not None else "closed",
         rate=rate,
         concurrency=concurrency,
-        achieved_rate=len(sent_recs) / dur,
+        achieved_rate=sent / dur,
         throughput=ok / dur,
         goodput=good / dur if good is not None else None,
         slo_ms=slo_ms,
         latency=summary(lat),
-        sent=len(sent_recs),
+        sent=sent,
         ok=ok,
         errors=len(recs) - ok - rejected - mismatches,
         rejected=rejected,

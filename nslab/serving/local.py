@@ -112,3 +112,32 @@ def pods(*cfgs: dict[str, Any]) -> Iterator[list[Proc]]:
     finally:
         for popen, what in launched:
             Proc(popen, 0, what).stop()
+
+
+def wait_idle(urls: list[str], timeout_s: float = 30.0) -> bool:
+    """Wait until every pod has no request queued or in flight (e.g. the backlog
+    of an earlier overloaded run, which the pods still serve after its clients
+    left). True when idle, False after the timeout."""
+    import urllib.request
+
+    from nslab.serving import metrics
+
+    deadline = time.monotonic() + timeout_s
+    pending = list(urls)
+    while pending and time.monotonic() < deadline:
+        still = []
+        for u in pending:
+            try:
+                with urllib.request.urlopen(u + "/metrics", timeout=2) as r:
+                    m = metrics.parse(r.read().decode())
+            except OSError:
+                continue  # a dead pod is idle
+            busy = metrics.value(m, "nslab_queue_length") + metrics.value(
+                m, "nslab_inflight_requests"
+            )
+            if busy > 0:
+                still.append(u)
+        pending = still
+        if pending:
+            time.sleep(0.1)
+    return not pending

@@ -50,9 +50,9 @@ class Capture:
         cmd += ["-c", str(self.max_packets), "-w", str(self.path)]
         if self.bpf:
             cmd.append(self.bpf)
-        self._proc = self.runner.popen(
-            self.node, cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
+        # node None: the root namespace, whatever the runner (an engine Lab needs a node)
+        runner = self.runner if self.node is not None else LocalRunner()
+        self._proc = runner.popen(self.node, cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         end = time.monotonic() + 10
         fd = self._proc.stderr.fileno()
         buf = b""

@@ -388,9 +388,12 @@ def attach_interface(
     ips: list[ipaddress.IPv4Interface] | None = None,
     mac: str | None = None,
     up: bool = True,
+    offloads_off: bool = False,
 ) -> None:
     """Move host interface `ifname` into the network namespace of `pid`, rename
-    it to `name` and configure it there (addresses, MAC, up)."""
+    it to `name` and configure it there (addresses, MAC, up). `offloads_off`
+    turns off checksum/segmentation offloads, which TCP through the OVS
+    userspace datapath needs."""
     _run(["ip", "link", "set", ifname, "netns", str(pid)])
     ns = ["nsenter", "--target", str(pid), "--net", "--"]
     if ifname != name:
@@ -399,6 +402,8 @@ def attach_interface(
         _run([*ns, "ip", "link", "set", name, "address", mac])
     for ip in ips or []:
         _run([*ns, "ip", "addr", "add", str(ip), "dev", name])
+    if offloads_off:
+        _run([*ns, "ethtool", "-K", name, "tx", "off", "tso", "off", "gso", "off"])
     if up:
         _run([*ns, "ip", "link", "set", "lo", "up"])
         _run([*ns, "ip", "link", "set", name, "up"])

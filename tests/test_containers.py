@@ -176,11 +176,18 @@ def test_container_joins_a_namespace_over_a_veth(
     sh("ip", "netns", "exec", ns, "ip", "addr", "add", "10.77.0.1/24", "dev", b)
     sh("ip", "netns", "exec", ns, "ip", "link", "set", b, "up")
     containers.attach_interface(
-        info.pid, a, "eth1", [ipaddress.IPv4Interface("10.77.0.2/24")], mac="02:00:00:77:00:02"
+        info.pid,
+        a,
+        "eth1",
+        [ipaddress.IPv4Interface("10.77.0.2/24")],
+        mac="02:00:00:77:00:02",
+        offloads_off=True,
     )
     assert sh("ip", "link", "show", a, check=False).returncode != 0, "veth end left the host"
     eth1 = sh(*inside, "ip", "-o", "addr", "show", "dev", "eth1").stdout
     assert "10.77.0.2/24" in eth1
+    features = sh("nsenter", "-t", str(info.pid), "-n", "ethtool", "-k", "eth1").stdout
+    assert "tx-checksumming: off" in features and "tcp-segmentation-offload: off" in features
 
     containers.run_exec(LAB, n)
     assert sh(*inside, "cat", "/tmp/greeting").stdout == "hello\n"

@@ -4,7 +4,8 @@ DELETE and HEAD on any path with 200 and says which backend answered
 
     python -m nslab.nf.backend --name llm1 [--port 80] [--bind 0.0.0.0]
 
-Body (JSON): {"backend": "llm1", "method": "PUT", "path": "/x", "received": 123}
+Body (JSON): {"backend": "llm1", "method": "PUT", "path": "/x", "received": 123,
+"client": "100.0.0.1"} (client: the source address the backend saw)
 Header: X-Backend: llm1. Pages: / (an index), /health, /v1/models; any
 other path echoes the request summary.
 """
@@ -37,6 +38,7 @@ def make_handler(name: str) -> type[BaseHTTPRequestHandler]:
                     "method": self.command,
                     "path": self.path,
                     "received": len(body_in),
+                    "client": self.client_address[0],  # the source it saw, after any NAT
                 }
             if self.path == "/" and self.command == "GET":
                 out = f"<html><body><h1>{name}</h1><p>an inference backend</p></body></html>\n".encode()

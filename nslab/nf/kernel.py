@@ -11,8 +11,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import jinja2
-
 from nslab.errors import NslabError
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -27,6 +25,8 @@ def templates() -> list[str]:
 def render(template: str, **params: Any) -> str:
     """Render templates/<template>.nft.j2 with params; missing or malformed
     parameters raise NslabError naming them."""
+    import jinja2  # imported here: NF containers run the toolkit without Jinja2
+
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES)),
         undefined=jinja2.StrictUndefined,
@@ -75,10 +75,12 @@ def apply(
     private_data_dir: str | Path | None = None,
     quiet: bool = True,
 ) -> dict[str, Any]:
-    """Render `template` and apply it with Ansible to Docker container(s)
-    (inventory: community.docker.docker connection); returns
-    {"status", "rc", "changed", "ruleset"}. Raises NslabError when ansible-runner or
-    the community.docker collection is missing, or when the play fails."""
+    """Apply NF `template` with `params` to Docker container(s) with Ansible:
+    ansible-runner runs ansible/apply-nft.yml (role nft_nf: render the template
+    into the container, enable forwarding, `nft -c`, then `nft -f`) over the
+    community.docker.docker connection. Returns {"status", "rc", "changed",
+    "ruleset"}. Raises NslabError when ansible-runner or community.docker is
+    missing, or when the play fails (its artifacts are then kept and named)."""
     try:
         import ansible_runner  # type: ignore[import-not-found]
     except ImportError:
@@ -87,40 +89,37 @@ def apply(
             "collection: `.venv/bin/pip install ansible-runner ansible` (the `ansible` "
             "package bundles community.docker)"
         ) from None
-    ruleset = render(template, **(params or {}))
+    params = dict(params or {})
+    ruleset = render(template, **params)  # fail early, with nslab's messages
     hosts = [container] if isinstance(container, str) else list(container)
     tmp = None
     if private_data_dir is None:
         tmp = tempfile.mkdtemp(prefix="nslab-ansible-")
         private_data_dir = tmp
     pdd = Path(private_data_dir)
-    try:
-        (pdd / "project").mkdir(parents=True, exist_ok=True)
-        shutil.copytree(ANSIBLE, pdd / "project", dirs_exist_ok=True)
-        (pdd / "project" / "nf.nft").write_text(ruleset)
-        inventory = {
-            "all": {
-                "hosts": {h: {"ansible_connection": "community.docker.docker"} for h in hosts},
-                "vars": {"ansible_python_interpreter": "auto_silent"},
-            }
+    (pdd / "project").mkdir(parents=True, exist_ok=True)
+    shutil.copytree(ANSIBLE, pdd / "project", dirs_exist_ok=True)
+    shutil.copytree(TEMPLATES, pdd / "project" / "templates", dirs_exist_ok=True)
+    inventory = {
+        "all": {
+            "hosts": {h: {"ansible_connection": "community.docker.docker"} for h in hosts},
+            "vars": {"ansible_python_interpreter": "/usr/bin/python3"},
         }
-        (pdd / "inventory").mkdir(exist_ok=True)
-        (pdd / "inventory" / "hosts.json").write_text(json.dumps(inventory))
-        r = ansible_runner.run(
-            private_data_dir=str(pdd),
-            playbook="apply-nft.yml",
-            extravars={"nft_file": str(pdd / "project" / "nf.nft")},
-            quiet=quiet,
+    }
+    (pdd / "inventory").mkdir(exist_ok=True)
+    (pdd / "inventory" / "hosts.json").write_text(json.dumps(inventory))
+    r = ansible_runner.run(
+        private_data_dir=str(pdd),
+        playbook="apply-nft.yml",
+        extravars={"nf_template": template, **params},
+        quiet=quiet,
+    )
+    if r.rc != 0:
+        raise NslabError(
+            f"ansible play apply-nft.yml failed on {', '.join(hosts)} (status {r.status}, "
+            f"rc {r.rc}); see {pdd}/artifacts"
         )
-        changed = sum((r.stats or {}).get("changed", {}).values()) if r.stats else 0
-        if r.rc != 0:
-            raise NslabError(
-                f"ansible play apply-nft.yml failed on {', '.join(hosts)} (status {r.status}, "
-                f"rc {r.rc}); output in {pdd}/artifacts"
-            )
-        return {"status": r.status, "rc": r.rc, "changed": changed, "ruleset": ruleset}
-    finally:
-        if tmp is not None and not quiet:
-            pass
-        elif tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+    changed = sum((r.stats or {}).get("changed", {}).values())
+    if tmp is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"status": r.status, "rc": r.rc, "changed": changed, "ruleset": ruleset}

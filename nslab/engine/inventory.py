@@ -61,7 +61,7 @@ def snapshot(include_netns: bool = True) -> dict[str, object]:
         },
         "nslab_procs": sorted(labelled_pids(None)),
         "containers": sorted(
-            _out(["docker", "ps", "-aq", "--filter", "label=nslab.managed"]).split()
+            _out(["docker", "ps", "-aq", "--filter", "label=nslab.lab"]).split()
         ),
     }
     if include_netns:

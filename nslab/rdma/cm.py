@@ -150,14 +150,15 @@ class Listener:
         ctx,
         pd,
         cq=None,
-        private: dict | None = None,
+        private=None,
         mtu: int = 1024,
         depth: int = 128,
         timeout: float | None = 30.0,
         on_qp=None,
     ) -> Endpoint:
         """Wait for one client. `on_qp(qp)` runs while the QP is in INIT (post
-        the first receives there)."""
+        the first receives there). `private` may be a function of the client's
+        private data (e.g. to size a buffer from the client's request)."""
         self.sock.settimeout(timeout)
         try:
             conn, (peer_ip, _) = self.sock.accept()
@@ -169,6 +170,8 @@ class Listener:
         qp = _make_qp(ctx, pd, cq, depth)
         try:
             peer = recv_json(conn)
+            if callable(private):
+                private = private(peer.get("private", {}))
             mine = local_info(qp, mtu, private)
             used = connect_qp(qp, mine, peer, peer_ip, on_init=on_qp)
             send_json(conn, mine)

@@ -307,3 +307,48 @@ def test_container_nodes_join_the_topology(tmp_path, nslab_images, inventory):
         )
         assert "bookworm" in r.stdout, "exec on a container node runs inside the container"
     assert_clean(inventory)
+
+
+def test_pod_nodes_serve_models_inside_the_topology(tmp_path, inventory):
+    """A `pod` node runs its model server in its own namespace; a client host
+    reaches it across an OVS switch with the Open Inference Protocol."""
+    topo = tmp_path / "pods.yaml"
+    topo.write_text(
+        "name: tepod\ntopology:\n  nodes:\n    s1: {kind: ovs-bridge}\n    client: {kind: linux}\n"
+        "    p1: {kind: pod, model: identity, device: cpu}\n"
+        "    p2: {kind: pod, model: digits, device: sim-gpu, profile: fast, max_batch_size: 8}\n"
+        "  links:\n    - endpoints: [client:eth0, s1:eth1]\n"
+        "    - endpoints: [p1:eth0, s1:eth2]\n    - endpoints: [p2:eth0, s1:eth3]\n"
+    )
+    with up(str(topo), progress=None) as lab:
+        ready = lab.exec(
+            "client",
+            f"curl -s -m5 -o /dev/null -w %{{http_code}} "
+            f"http://{lab.ip('p1')}:8000/v2/health/ready",
+        )
+        assert ready.stdout == "200", ready
+        meta = lab.exec("client", f"curl -s -m5 http://{lab.ip('p2')}:8000/v2/models/digits")
+        assert json.loads(meta.stdout)["name"] == "digits"
+        body = json.dumps(
+            {
+                "inputs": [
+                    {"name": "INPUT0", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}
+                ]
+            }
+        )
+        r = lab.exec(
+            "client",
+            [
+                "curl",
+                "-s",
+                "-m5",
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                body,
+                f"http://{lab.ip('p2')}:8000/v2/models/digits/infer",
+            ],
+        )
+        outputs = {o["name"]: o for o in json.loads(r.stdout)["outputs"]}
+        assert outputs["PROBS"]["shape"] == [1, 10], r.stdout
+    assert_clean(inventory)

@@ -101,6 +101,21 @@ class NsHost(Host):
         self.cmd("unset HISTFILE; stty -echo; set +m")
 
 
+def listening(pid: int, port: int) -> bool:
+    """Whether a TCP socket listens on `port` in the network namespace of `pid`
+    (read from /proc, so no process is spawned per poll)."""
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            return False
+        for line in lines:
+            parts = line.split()
+            if parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:
+                return True
+    return False
+
+
 def ofports_of(topo: Topology, node: str) -> dict[str, int]:
     """OpenFlow port numbers: ethN -> N, other names get the next free numbers."""
     ifaces = sorted({lo.iface for lo, _ in topo.neighbours(node)})
@@ -173,6 +188,7 @@ class Builder:
             self.configure_hosts,
             self.shape_links,
             self.start_controller,
+            self.start_services,
             self.write_fabric,
         )
         for step in steps:
@@ -436,6 +452,39 @@ class Builder:
             )
             if "NSLAB-OK" not in out:
                 raise NslabError(f"shaping links of {node} failed: {out.strip()[-300:]}")
+
+    def start_services(self) -> None:
+        """Processes that node kinds run in their nodes (e.g. a pod's model
+        server), started once the network is up; ready when their port listens."""
+        todo = [(n, svc) for n in self.topo.nodes.values() for svc in get_kind(n.kind).services(n)]
+        if not todo:
+            return
+        self.progress(f"starting {len(todo)} services")
+        started = []
+        for n, svc in todo:
+            log_path = self.state.dir / f"{n.name}.{svc.name}.log"
+            with open(log_path, "w") as log:
+                proc = subprocess.Popen(
+                    ["nsenter", "-t", str(self.state.hosts[n.name]), "-n", "--", *svc.argv],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, **svc.env, "NSLAB_LAB": self.lab},
+                    start_new_session=True,
+                )
+            self.state.procs.append(proc_of(proc.pid, f"service:{n.name}:{svc.name}"))
+            started.append((n, svc, proc, log_path))
+        self.state.save()
+        deadline = time.monotonic() + 60
+        for n, svc, proc, log_path in started:
+            while svc.ready_port and not listening(proc.pid, svc.ready_port):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    tail = log_path.read_text()[-800:]
+                    why = "exited" if proc.poll() is not None else "did not listen within 60 s"
+                    raise NslabError(
+                        f"{n.name}: {svc.name} {why} on port {svc.ready_port}:\n{tail}"
+                    )
+                time.sleep(0.05)
 
     def start_controller(self) -> None:
         port = self.state.controller_port

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
@@ -52,6 +53,22 @@ class Kind:
         'key: what is wrong — how to fix' (the caller adds file and line
         unless the message already starts with the node's origin)."""
         return []
+
+    def services(self, node: Node) -> list[Service]:
+        """Long-running processes the engine starts in the node once its links
+        are configured (e.g. a pod's model server). Default: none."""
+        return []
+
+
+@dataclass
+class Service:
+    """A process a kind runs inside its node; the engine starts it, waits until
+    `ready_port` listens (when set) and stops it at teardown."""
+
+    name: str
+    argv: list[str]
+    ready_port: int | None = None
+    env: dict[str, str] = field(default_factory=dict)
 
 
 _REGISTRY: dict[str, Kind] = {}

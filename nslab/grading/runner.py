@@ -32,6 +32,7 @@ from nslab.labs import LabSpec
 PREFIX_ENV = "NSLAB_GRADE_PREFIX"  # prefix of everything a grading run creates on the host
 _SKIP_COPY = {"solution", "starter", "__pycache__", ".pytest_cache"}
 MAX_SUBMISSION_MB = 50
+HARD_KILL_GRACE_S = 30.0  # after the time budget, the check process is killed this much later
 
 
 @dataclass
@@ -173,7 +174,7 @@ def grade_one(
         }
         (gdir / "config.json").write_text(json.dumps(cfg, indent=1))
         (gdir / "pytest.ini").write_text("[pytest]\naddopts =\n")
-        rc, timed_out = _run_pytest(gdir, lab_copy / "checks", spec.time_budget + 30)
+        rc, timed_out = _run_pytest(gdir, lab_copy / "checks", spec.time_budget + HARD_KILL_GRACE_S)
         _collect(res, gdir, rc, timed_out, spec)
     except NslabError as exc:
         res.status, res.output = "error", str(exc)

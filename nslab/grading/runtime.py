@@ -88,6 +88,20 @@ class GradedLab:
         from nslab.engine import up  # the engine is only needed by labs with a network
 
         ctrl = str(self.submission / self.spec.controller) if self.spec.controller else None
+        for attempt in (1, 2):
+            try:
+                self._up(up, ctrl)
+                return
+            except LabStartError:
+                # One retry: a bring-up that failed for the host's sake (load, a
+                # colleague's cleanup) must not cost points; a broken submission
+                # fails twice, deterministically.
+                if attempt == 2:
+                    raise
+                sandbox.kill_user_processes(self.user)
+                time.sleep(1)
+
+    def _up(self, up: Any, ctrl: str | None) -> None:
         try:
             self.engine = up(
                 self.spec.topology_path,

@@ -186,9 +186,13 @@ def pids_of_user(user: str) -> list[int]:
     for d in os.listdir("/proc"):
         if d.isdigit():
             try:
-                if os.stat(f"/proc/{d}").st_uid == uid:
+                if os.stat(f"/proc/{d}").st_uid != uid:
+                    continue
+                with open(f"/proc/{d}/stat") as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+                if state not in ("Z", "X"):  # zombies are dead already; their parent reaps them
                     out.append(int(d))
-            except OSError:
+            except (OSError, IndexError):
                 pass
     return out
 

@@ -83,4 +83,7 @@ if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
 else
   log "venv up to date"
 fi
+# Unprivileged user that runs student code under grading (nslab check/grade create it too).
+id nslab-student >/dev/null 2>&1 || useradd --system --user-group --no-create-home \
+  --home-dir /nonexistent --shell /usr/sbin/nologin nslab-student
 log "ready"

@@ -41,7 +41,10 @@ def ping(n, ns, dst, count=3) -> int:
     return 0
 
 
-def test_passthrough_forwards_pings_and_reports(line, tmp_path):
+# nsenter enters only the network namespace (like Mininet's mnexec): /sys then
+# shows the root namespace's interfaces, so the NF must not read MACs from /sys
+@pytest.mark.parametrize("nsenter", [False, True], ids=["ip-netns-exec", "nsenter"])
+def test_passthrough_forwards_pings_and_reports(line, tmp_path, nsenter):
     n, a, f, b = line
     assert ping(n, a, "10.9.0.2", count=1) == 0  # nothing bridges the two links yet
     rep = tmp_path / "fwd.report"
@@ -60,6 +63,7 @@ def test_passthrough_forwards_pings_and_reports(line, tmp_path):
             str(rep),
         ],
         cwd=ROOT,
+        nsenter=nsenter,
     )
     # the NF is up once the first frame passes; pings then all come back
     assert wait_for(lambda: ping(n, a, "10.9.0.2", count=1) == 1, timeout=10), n.stop(p)

@@ -55,10 +55,13 @@ class NetnsSet:
             cmd = ["sh", "-c", cmd]
         return sh(["ip", "netns", "exec", ns, *cmd], timeout=timeout, check=check, **kw)
 
-    def popen(self, ns: str, cmd: list[str], **kw: Any) -> subprocess.Popen:
+    def popen(self, ns: str, cmd: list[str], nsenter: bool = False, **kw: Any) -> subprocess.Popen:
+        """Start cmd in ns. `nsenter=True` enters only the network namespace and
+        keeps the root's /sys, like Mininet's mnexec (`ip netns exec` remounts /sys)."""
         kw.setdefault("stdout", subprocess.PIPE)
         kw.setdefault("stderr", subprocess.PIPE)
-        p = subprocess.Popen(["ip", "netns", "exec", ns, *cmd], start_new_session=True, **kw)
+        enter = ["nsenter", f"--net=/run/netns/{ns}"] if nsenter else ["ip", "netns", "exec", ns]
+        p = subprocess.Popen([*enter, *cmd], start_new_session=True, **kw)
         self.procs.append(p)
         return p
 

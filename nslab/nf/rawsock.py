@@ -10,9 +10,10 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import os
 import socket
-from pathlib import Path
+import struct
 
 from nslab.errors import NslabError
 
@@ -24,6 +25,7 @@ PACKET_IGNORE_OUTGOING = 23  # Linux >= 4.20; not exported by Python's socket mo
 PACKET_OUTGOING = 4
 MSG_DONTWAIT = 0x40
 SOCKADDR_LL_SIZE = 20
+SIOCGIFHWADDR = 0x8927
 PKTTYPE_OFFSET = 10  # sockaddr_ll.sll_pkttype
 
 
@@ -65,15 +67,18 @@ _LIBC = _load_libc()
 
 
 def mac_of(ifname: str) -> bytes:
-    """The interface's MAC address as 6 bytes."""
-    try:
-        text = Path(f"/sys/class/net/{ifname}/address").read_text().strip()
-    except OSError as exc:
-        raise NslabError(
-            f"interface {ifname!r} not found in this network namespace "
-            f"(check the name with `ip link`)"
-        ) from exc
-    return bytes.fromhex(text.replace(":", ""))
+    """The interface's MAC address as 6 bytes. Asks the kernel (SIOCGIFHWADDR)
+    rather than /sys, which shows the namespace it was mounted in: processes
+    entered into a namespace with nsenter/mnexec still see the root's /sys."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            res = fcntl.ioctl(s.fileno(), SIOCGIFHWADDR, struct.pack("256s", ifname.encode()[:15]))
+        except OSError as exc:
+            raise NslabError(
+                f"interface {ifname!r} not found in this network namespace "
+                f"(check the name with `ip link`)"
+            ) from exc
+    return res[18:24]
 
 
 class RawSocket:

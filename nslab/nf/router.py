@@ -75,6 +75,8 @@ class Router:
             signal.signal(signal.SIGINT, self.stop)
         try:
             self.open()
+            # one line that services can wait for (lab.yaml `ready: {log: "forwarding on"}`)
+            print(f"{self.name}: forwarding on {', '.join(sorted(self._socks))}", flush=True)
             self._loop(duration)
         finally:
             rep = self.report()

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import grading_support
 import pytest
@@ -162,3 +163,43 @@ def test_time_budget_soft_and_hard(grading_env, tmp_path, monkeypatch):
     r = runner.grade_one(load_lab(lab), sub, tmp_path / "o2", user_base=grading_env)
     assert r.status == "timed_out" and r.score == 0 and r.execution_time < 20
     assert r.tests[0]["reason"].startswith("not run: grading stopped after the lab's time budget")
+
+
+def test_gradescope_entry_point(grading_env, tmp_path):
+    ag = tmp_path / "autograder"
+    (ag / "submission").mkdir(parents=True)
+    (ag / "submission" / "app.py").write_text((ECHO / "starter" / "app.py").read_text())
+    (ag / "submission_metadata.json").write_text(
+        json.dumps({"id": 77, "users": [{"email": "a@b.c", "id": 5}]})
+    )
+    script = Path(__file__).parent.parent / "autograder" / "run_autograder"
+    env = dict(os.environ, AUTOGRADER_ROOT=str(ag), LAB="echo", NSLAB_LABS=str(DATA / "labs"))
+    env["NSLAB"] = str(Path(sys.executable).parent / "nslab")
+    res = subprocess.run([str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert json.loads((ag / "results" / "results.json").read_text())["score"] == 3
+    # a hosted container (no network emulation): results graded on a VM are copied
+    (script.parent / "precomputed").mkdir(exist_ok=True)
+    pre = script.parent / "precomputed" / "tgrd-a@b.c.json"
+    (ag / "submission_metadata.json").write_text(
+        json.dumps({"id": 77, "users": [{"email": "tgrd-a@b.c"}]})
+    )
+    try:
+        pre.write_text(json.dumps({"score": 9, "tests": []}))
+        res = subprocess.run(
+            [str(script)],
+            env=dict(env, NSLAB_AG_HOSTED="1"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert json.loads((ag / "results" / "results.json").read_text())["score"] == 9, res.stderr
+        pre.unlink()
+        subprocess.run(
+            [str(script)], env=dict(env, NSLAB_AG_HOSTED="1"), capture_output=True, timeout=60
+        )
+        assert "grading VM" in json.loads((ag / "results" / "results.json").read_text())["output"]
+    finally:
+        pre.unlink(missing_ok=True)
+        if not any((script.parent / "precomputed").iterdir()):
+            (script.parent / "precomputed").rmdir()

@@ -292,3 +292,29 @@ def test_load_generator_verifies_outputs(digits_pod, model_repo):  # noqa: F811
         verify=True,
     )
     assert r.ok > 20 and r.mismatches == 0 and r.errors == 0
+
+
+@pytest.mark.gpu
+def test_cuda_device_matches_cpu(model_repo):  # noqa: F811
+    from nslab.serving.devices import CudaDevice, cuda_available
+
+    ok, why = cuda_available()
+    if not ok:
+        pytest.skip(f"no CUDA path here: {why}")
+    for name in ("digits", "cnn"):
+        m = models.load(name, model_repo)
+        x = m.samples["INPUT0"][:8]
+        dev = CudaDevice(m)
+        got = asyncio.run(dev.run({"INPUT0": x}, 8))
+        ref = m.infer({"INPUT0": x})
+        for k, v in ref.items():
+            assert np.allclose(got[k], v, rtol=1e-3, atol=1e-4), f"{name}.{k} differs on CUDA"
+
+
+def test_cuda_device_without_gpu_is_a_clear_error(model_repo):  # noqa: F811
+    from nslab.serving.devices import cuda_available, make_device
+
+    if cuda_available()[0]:
+        pytest.skip("a GPU is present: the error path does not apply")
+    with pytest.raises(NslabError, match="device 'cuda'.*use 'cpu' or 'sim-gpu'"):
+        make_device("cuda", models.load("digits", model_repo))

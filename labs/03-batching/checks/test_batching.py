@@ -14,9 +14,9 @@ import yaml
 
 from nslab.serving import labcheck, load
 
-TARGET_RATE = 200.0  # requests/s offered (Poisson)
+TARGET_RATE = 150.0  # requests/s offered (Poisson): 3x what the pod serves unbatched
 SLO_MS = 100.0  # p99 objective
-GAIN = 3.0  # goodput must reach GAIN x the unbatched pod's best throughput
+GAIN = 2.5  # goodput must reach GAIN x the unbatched pod's best throughput
 FIXED = {
     "model": "digits",
     "device": "sim-gpu",
@@ -118,7 +118,7 @@ def test_p99_within_slo(lab, measured, record, expect):
 
 @pytest.mark.points(4)
 def test_goodput_beats_no_batching(lab, measured, unbatched, record, expect):
-    """goodput at least 3x what the pod serves without batching"""
+    """goodput at least 2.5x what the pod serves without batching"""
     record.value("unbatched throughput", round(unbatched.throughput, 1), "req/s")
     record.value("your goodput", round(measured.goodput or 0.0, 1), "req/s")
     expect(

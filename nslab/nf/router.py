@@ -71,8 +71,9 @@ class Router:
         """Forward until stopped (signal, `stop()`, or `duration` seconds); then
         write the report and return it."""
         if install_signals:
-            signal.signal(signal.SIGTERM, self.stop)
-            signal.signal(signal.SIGINT, self.stop)
+            # SIGHUP too: a closed terminal should still leave a report behind
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(sig, self.stop)
         try:
             self.open()
             # one line that services can wait for (lab.yaml `ready: {log: "forwarding on"}`)

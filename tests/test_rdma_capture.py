@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import subprocess
 import threading
@@ -33,10 +34,12 @@ def test_tshark_decodes_rocev2_opcodes(tmp_path):
     ctxs = []
     try:
         dump = subprocess.Popen(
-            pair.exec_cmd("a", ["tcpdump", "-Z", "root", "-U", "-n", "-i", pair.a_if, "-w", str(pcap), "udp"]),
+            pair.exec_cmd("a", ["tcpdump", "-Z", "root", "-U", "--immediate-mode", "-n", "-i", pair.a_if, "-w", str(pcap), "udp"]),
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )  # fmt: skip
-        time.sleep(1.0)  # tcpdump needs a moment before it captures
+        # tcpdump says "listening on" once it captures; wait for that (bounded).
+        ready = select.select([dump.stderr], [], [], 20)[0] and dump.stderr.readline()
+        assert ready and b"listening on" in ready, ready
         with netns(pair.b):
             cs = v.Context("trdma-cs", addr=pair.b_ip)
             lst = cm.Listener(0, pair.b_ip)

@@ -187,6 +187,8 @@ class Context:
         # so a test can drop, duplicate or reorder. None = send as is.
         self.tx_hook: Callable[[bytes, tuple], Iterable[tuple[bytes, tuple]]] | None = None
         self._closed = False
+        self._rxbuf = bytearray(65536)
+        self._rxmv = memoryview(self._rxbuf)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         os.set_blocking(self._wake_r, False)
@@ -218,33 +220,54 @@ class Context:
 
     # ---- the "NIC" thread
     def _run(self) -> None:
-        buf = bytearray(65536)
-        mv = memoryview(buf)
         poller = select.poll()
         poller.register(self.sock, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
-        recv = self.sock.recvfrom_into
+        wake = self._wake_r
         while not self._closed:
             delay = self._next_deadline()
-            poller.poll(None if delay is None else max(0.0, delay) * 1000.0 + 0.5)
+            events = poller.poll(None if delay is None else max(0.0, delay) * 1000.0 + 0.5)
             if self._closed:
                 break
+            if any(fd == wake for fd, _ in events):
+                try:
+                    os.read(wake, 4096)
+                except BlockingIOError:
+                    pass
             with self.lock:
-                for _ in range(256):
-                    try:
-                        n, addr = recv(buf)
-                    except (BlockingIOError, InterruptedError):
-                        break
-                    except OSError:
-                        if self._closed:
-                            return
-                        break
-                    try:
-                        self._on_packet(mv[:n], addr)
-                    except Exception as exc:  # never let one bad packet kill the NIC
-                        self.stats["rx_errors"] += 1
-                        self.last_error = repr(exc)
+                self._drain()
                 self._timers()
+
+    def _drain(self) -> int:
+        """Receive and process what is queued on the socket (caller holds the lock)."""
+        buf, mv = self._rxbuf, self._rxmv
+        recv = self.sock.recvfrom_into
+        count = 0
+        for _ in range(256):
+            try:
+                n, addr = recv(buf)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                break  # closed under us
+            count += 1
+            try:
+                self._on_packet(mv[:n], addr)
+            except Exception as exc:  # never let one bad packet kill the NIC
+                self.stats["rx_errors"] += 1
+                self.last_error = repr(exc)
+        return count
+
+    def progress(self) -> int:
+        """Drive the transport from the calling thread when the NIC thread is
+        not busy (busy polling does this, like a userspace driver's poll_cq:
+        it saves a thread hand-off per completion). Returns packets handled."""
+        if not self.lock.acquire(blocking=False):
+            return 0
+        try:
+            return self._drain()
+        finally:
+            self.lock.release()
 
     def _kick(self) -> None:
         """Wake the NIC thread (a new timer may be due earlier than it thinks)."""
@@ -255,13 +278,8 @@ class Context:
 
     def _next_deadline(self) -> float | None:
         with self.lock:
-            try:
-                os.read(self._wake_r, 4096)
-            except BlockingIOError:
-                pass
-            now = time.monotonic()
             dl = [qp._deadline for qp in self.qps.values() if qp._deadline is not None]
-        return (min(dl) - now) if dl else 0.2
+        return (min(dl) - time.monotonic()) if dl else 0.2
 
     def _timers(self) -> None:
         now = time.monotonic()
@@ -399,7 +417,8 @@ class CQ:
             if left <= 0:
                 break
             if busy:
-                time.sleep(0)  # hand the GIL to the NIC thread
+                if not self.ctx.progress():
+                    time.sleep(0)  # hand the GIL over (the NIC thread may hold the lock)
                 continue
             with self._cv:
                 if not q:

@@ -203,3 +203,31 @@ def test_gradescope_entry_point(grading_env, tmp_path):
         pre.unlink(missing_ok=True)
         if not any((script.parent / "precomputed").iterdir()):
             (script.parent / "precomputed").rmdir()
+
+
+@pytest.mark.parametrize("due, shown", [("2020-01-01", 2), ("2999-01-01", 1), (None, 1)])
+def test_public_view_and_the_due_date(grading_env, tmp_path, due, shown):
+    lab = make_lab(
+        tmp_path,
+        "due",
+        "title: Due\nname: du\n" + (f"due: {due}\n" if due else ""),
+        {
+            "test_a.py": """
+            import pytest
+            def test_visible():
+                pass
+            @pytest.mark.visibility("after_due_date")
+            def test_after():
+                pass
+            @pytest.mark.visibility("hidden")
+            def test_hidden():
+                pass
+            """
+        },
+    )
+    sub = tmp_path / "s"
+    sub.mkdir()
+    r = runner.grade_one(
+        load_lab(lab), sub, tmp_path / "o", visibility="public", user_base=grading_env
+    )
+    assert len(r.tests) == shown and r.all_passed

@@ -20,6 +20,7 @@ A check that exceeds its time limit fails with "timed out after N s"; it never p
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import operator
@@ -217,7 +218,11 @@ def pytest_collection_modifyitems(
 ) -> None:
     st = _state(config)
     if st["cfg"].get("visibility") == "public":
-        keep = [i for i in items if _visibility(i) == "visible"]
+        shown = {"visible"}
+        due = st["spec"].due
+        if due is not None and dt.datetime.now(dt.timezone.utc) > due:
+            shown.add("after_due_date")  # past the due date students may see these
+        keep = [i for i in items if _visibility(i) in shown]
         dropped = [i for i in items if i not in keep]
         if dropped:
             config.hook.pytest_deselected(items=dropped)

@@ -12,8 +12,9 @@ SYS_PY=/usr/bin/python3   # Mininet's python; never a pyenv/conda interpreter
 
 PKGS=(mininet openvswitch-switch openvswitch-common iproute2 iputils-ping ethtool
       iperf3 tcpdump tshark iptables nftables bridge-utils procps
-      docker.io debootstrap graphviz python3-venv python3-pip python3-dev
-      socat curl ca-certificates vagrant)
+      docker.io debootstrap graphviz python3-venv python3-pip python3-dev python3-setuptools
+      socat curl ca-certificates
+      vagrant)  # vagrant: only to validate the Vagrantfile in the test suite
 
 log() { printf '[provision] %s\n' "$*"; }
 

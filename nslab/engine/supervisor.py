@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import resource
 import signal
 import sys
 import traceback
@@ -40,6 +41,12 @@ def main(name: str, fd: int) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, _stop)
     os.environ["NSLAB_LAB"] = name
+    # Each host holds a pty (two descriptors): a thousand hosts pass the usual
+    # soft limit of 1024. Raising the soft limit up to the hard one needs no privilege.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
     state = LabState.load(name)
     state.supervisor = proc_of(os.getpid(), "supervisor")
     state.save()

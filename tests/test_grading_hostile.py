@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 
 import grading_support
@@ -28,6 +29,7 @@ HOSTILE = [
     "liar",
 ]
 grading_env = grading_support.grading_env  # the shared fixture
+PREFIX = "tgrdh"
 SECRETS = ("SECRET_SOLUTION_TOKEN_7f3a", "SECRET_CHECK_TOKEN_91c2")
 
 
@@ -46,7 +48,11 @@ def batch(grading_env, tmp_path_factory):
         targets = [ECHO / "solution" / "app.py", ECHO / "checks" / "test_squares.py", out / name]
         (dst / "targets.txt").write_text("\n".join(str(t) for t in targets) + "\n")
         subs.append(dst)
-    results = grade_batch(load_lab(ECHO), subs, out, jobs=2, user_base=grading_env)
+    os.environ["NSLAB_GRADE_PREFIX"] = PREFIX  # its own prefix: leftovers are this batch's only
+    try:
+        results = grade_batch(load_lab(ECHO), subs, out, jobs=2, user_base=grading_env)
+    finally:
+        os.environ["NSLAB_GRADE_PREFIX"] = "tgrd"
     return {r.name: r for r in results}, out
 
 
@@ -64,7 +70,7 @@ def test_every_submission_is_reported(batch):
 
 
 def test_nothing_is_left_behind(batch, grading_env):
-    assert leftovers() == []
+    assert leftovers(PREFIX) == []
     for user in (grading_env, grading_env + "1"):
         assert sandbox.pids_of_user(user) == [], user
 

@@ -53,7 +53,11 @@ def run(args: argparse.Namespace) -> int:
         vals = t.get("values") or {}
         if vals:
             details.append(
-                "observed: " + ", ".join(f"{k}={v['value']}{v['unit']}" for k, v in vals.items())
+                "observed: "
+                + ", ".join(
+                    f"{k}={v['value']}{' ' + v['unit'] if v['unit'] else ''}"
+                    for k, v in vals.items()
+                )
             )
         for d in details:
             for line in str(d).splitlines()[:12] if d else []:

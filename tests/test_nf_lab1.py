@@ -135,7 +135,11 @@ class Capture:
 
     def __init__(self, net: NetnsSet, ns: str, iface: str, path: Path):
         self.net, self.path = net, path
-        self.p = net.popen(ns, ["tcpdump", "-i", iface, "-n", "-U", "-s", "0", "-w", str(path)])
+        # --immediate-mode: without it libpcap hands frames over in ring blocks
+        # and the last block is lost when tcpdump is stopped
+        self.p = net.popen(
+            ns, ["tcpdump", "-i", iface, "-n", "-U", "--immediate-mode", "-s", "0", "-w", str(path)]
+        )
         ready, _, _ = select.select([self.p.stderr], [], [], 10)
         assert ready, f"tcpdump on {ns}:{iface} did not start"
         self.p.stderr.readline()  # "listening on ..."
@@ -232,6 +236,7 @@ def lab1(tmp_path_factory):
             r = n.exec(h1, [sys.executable, "-c", CLIENT, json.dumps(groups)], timeout=60)
             got["results"] = {x["tag"]: x for x in json.loads(r.stdout)}
             obs["phases"][ts] = got
+        time.sleep(0.3)  # let the last frames reach the captures
         obs["pcaps"] = {k: c.packets() for k, c in caps.items()}
         obs["nf_exit"] = {}
         for name, p in nfs.items():

@@ -126,9 +126,8 @@ class GradedLab:
 
     def _start_service(self, svc: Service) -> None:
         env = sandbox.student_env(str(self.submission), svc.env)
-        env["NSLAB_LAB"] = (
-            self.instance
-        )  # the engine's label: its teardown finds what runs in the lab
+        # the engine's label: its teardown finds whatever runs in the lab
+        env["NSLAB_LAB"] = self.instance
         fmt = {"submission": str(self.submission)}
         if svc.port:
             self.ports[svc.name] = free_port()
@@ -144,7 +143,10 @@ class GradedLab:
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
         )
         if svc.user == "grader":
-            kw.update(cwd=str(self.submission), start_new_session=True)
+            # Trusted lab code as root: never from the student's dir (python -m would
+            # put it first on sys.path, and a student's module would run as root).
+            env = dict(os.environ, PYTHONSAFEPATH="1", **svc.env)
+            kw.update(cwd=str(self.spec.path), start_new_session=True, env=env)
             proc = self.popen(svc.node, argv, **kw)
         elif svc.node is None:
             kw["preexec_fn"] = sandbox.demote(self.user, self.limits, cwd=str(self.submission))

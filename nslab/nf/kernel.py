@@ -25,7 +25,13 @@ def templates() -> list[str]:
 def render(template: str, **params: Any) -> str:
     """Render templates/<template>.nft.j2 with params; missing or malformed
     parameters raise NslabError naming them."""
-    import jinja2  # imported here: NF containers run the toolkit without Jinja2
+    try:
+        import jinja2  # imported here: NF containers run the toolkit without Jinja2
+    except ImportError:
+        raise NslabError(
+            "rendering NF templates needs Jinja2 (pip install Jinja2); render on the host "
+            "and apply from there (nslab.nf.apply)"
+        ) from None
 
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES)),

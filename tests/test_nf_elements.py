@@ -425,3 +425,17 @@ def test_config_language_builds_the_same_graph():
 def test_config_errors_name_the_line(text, msg):
     with pytest.raises(NslabError, match=msg):
         parse(text)
+
+
+@pytest.mark.parametrize(
+    "body,want", [(b"5\r\nhello\r\n0\r\n\r\n", 0), (b"6\r\nINSERT\r\n3\r\n ok\r\n0\r\n\r\n", 1)]
+)
+def test_http_inspector_chunked_put_waits_for_the_last_chunk(body, want):
+    h = HTTPInspector("INSERT")
+    s = Sink(h)
+    req = b"PUT /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + body
+    ss = segs(req, [len(req) - 5])
+    h.push(ss[0])
+    assert s.n(0) == s.n(1) == 0  # the last chunk has not arrived: held
+    h.push(ss[1])
+    assert s.n(want) == 2 and s.n(1 - want) == 0

@@ -417,6 +417,7 @@ def test_config_language_builds_the_same_graph():
     [
         ("a :: FromDevice($in)", r"<config>:1: \$in is not set"),
         ("x :: Nope()", "unknown element class 'Nope'"),
+        ("a :: Counter\na ->\n  Counter\nb :: Nope", "<config>:4: unknown element class"),
         ("a :: Counter\nb :: Counter\na[3] -> b", "<config>:3: .*outputs 0..0"),
         ("a :: Counter; a :: Counter", "declared twice"),
         ("c :: IPClassifier(tcp dst port x)", "not a number"),

@@ -76,7 +76,7 @@ def _split(text: str, seps: str) -> list[tuple[str, int]]:
             start_line = line
             i += 1
             continue
-        if c == "\n":
+        if c in "\n\r":
             line += 1
             if not "".join(cur).strip():
                 start_line = line
@@ -128,11 +128,11 @@ def parse(
 
     text = _strip_comments(text)
     # a line ending or starting with `->` continues the statement
-    text = re.sub(r"->\s*\n", lambda m: "-> " + " " * 0 + "\r", text)
+    # (the joined newline becomes \r: not a separator, but still counted as a line)
+    text = re.sub(r"->[ \t]*\n", "-> \r", text)
     text = re.sub(r"\n(\s*->)", lambda m: "\r" + m.group(1), text)
     statements = []
     for stmt, line in _split(text, ";\n"):
-        line += 0
         stmt = stmt.replace("\r", " ").strip()
         if stmt:
             statements.append((subst(stmt, line), line))

@@ -507,3 +507,12 @@ def test_ryu_style_app_runs_unchanged(single_switch: HandFabric, monkeypatch) ->
     packet_in, arp, ipv4 = map(int, counter.read_text().split())
     assert packet_in >= 2 and arp >= 1  # the Ryu app itself saw the ARP exchange
     assert any(f["priority"] == 1 for f in fab.flows("r0")), "no learned flows installed"
+
+
+def test_l2_learning_without_fabric_is_a_plain_learning_switch(single_switch: HandFabric) -> None:
+    fab = single_switch
+    fab.attach("l2_learning", fabric=False)
+    assert_connected(fab, all_pairs(fab.hosts))
+    flows = [f for f in fab.flows("r0") if f["priority"] == 20]
+    assert len(flows) >= 2, f"expected learned pair flows, observed {fab.flows('r0')}"
+    assert "plain learning switch" in fab.log.read_text()

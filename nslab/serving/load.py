@@ -128,6 +128,7 @@ class LoadResult:
     windows: list[dict[str, float]]
     measured_s: float
     send_lag_p99_ms: float
+    send_lag_p50_ms: float = math.nan
     per_pod: dict[str, int] = field(default_factory=dict)
     status_codes: dict[str, int] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list, repr=False)
@@ -385,6 +386,7 @@ async def run_async(
         windows=[{k: v for k, v in w.items() if k not in ("start", "end")} for w in windows],
         measured_s=dur,
         send_lag_p99_ms=float(np.percentile(lags, 99) * 1000) if lags.size else math.nan,
+        send_lag_p50_ms=float(np.percentile(lags, 50) * 1000) if lags.size else math.nan,
         per_pod=dict(pods),
         status_codes=dict(codes),
         latencies_ms=(lat * 1000).round(4).tolist(),

@@ -117,7 +117,29 @@ def test_cli_help() -> None:
         timeout=60,
         check=True,
     ).stdout
-    assert "--fabric" in out and "--port" in out
+    assert "--fabric" in out and "--port" in out and "--ofp-tcp-listen-port" in out
+
+
+def test_ryu_manager_flag_spelling(tmp_path) -> None:
+    port = free_port()
+    log = tmp_path / "c.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nslab.controller", "l2_learning"]
+        + ["--ofp-tcp-listen-port", str(port), "--log", str(log)],
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # the runner itself does not say when it listens: poll, bounded
+            try:
+                assert openflow_hello(port) == (4, 0)
+                break
+            except ConnectionRefusedError:
+                assert proc.poll() is None and time.monotonic() < deadline, "never listened"
+                time.sleep(0.1)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
 
 
 def test_ryu_names_are_os_ken_modules(tmp_path) -> None:

@@ -239,8 +239,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="APP",
         help="app file (.py), a name in controller/ (e.g. l2_learning), or a module name",
     )
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="OpenFlow TCP port (6653)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    # ryu-manager's spellings work too, so commands from Ryu tutorials carry over.
+    p.add_argument(
+        "--port",
+        "--ofp-tcp-listen-port",
+        type=int,
+        default=DEFAULT_PORT,
+        help="OpenFlow TCP port (6653)",
+    )
+    p.add_argument(
+        "--host", "--ofp-listen-host", default="127.0.0.1", help="address to listen on (127.0.0.1)"
+    )
     p.add_argument("--fabric", type=Path, help=f"fabric.json of the lab (sets ${FABRIC_ENV})")
     p.add_argument("--log", type=Path, help="append log lines to this file (default: stderr)")
     p.add_argument("--verbose", action="store_true", help="debug logging")

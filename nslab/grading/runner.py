@@ -112,9 +112,12 @@ def _copy_lab(spec: LabSpec, dest: Path) -> Path:
 
 
 def protect_lab(spec: LabSpec) -> list[str]:
-    """Make the lab's secrets (checks/, solution/) unreadable for other users,
-    so sandboxed code cannot read them from the source tree either."""
-    return [str(p) for p in (spec.path / "checks", spec.path / "solution") if sandbox.protect(p)]
+    """Make the secrets (checks/, solution/) of this lab and of its sibling
+    labs unreadable for other users, so sandboxed code cannot read them from
+    the source tree either."""
+    labs = [spec.path] + [p for p in spec.path.parent.iterdir() if p.is_dir()]
+    dirs = [lab / part for lab in labs for part in ("checks", "solution")]
+    return [str(d) for d in dirs if sandbox.protect(d)]
 
 
 def grade_one(

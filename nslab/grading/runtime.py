@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import stat
@@ -228,6 +229,14 @@ class GradedLab:
             f.close()
         self._logs.clear()
         if self.engine is not None:
+            try:
+                log = self.engine.controller_log
+                if (
+                    log is not None and Path(log).is_file()
+                ):  # the student's app's output, for the TA
+                    shutil.copyfile(log, self.logs_dir / "controller.log")
+            except OSError:
+                pass
             try:
                 self.engine.down()
             finally:

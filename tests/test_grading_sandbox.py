@@ -122,11 +122,14 @@ def test_workdir_has_its_own_quota_and_copies_links_as_links(user, tmp_path):
     (src / "pkg").mkdir()
     (src / "pkg" / "m.py").write_text("x = 1\n")
     (src / "leak").symlink_to("/etc/shadow")
+    os.mkfifo(src / "fifo")  # copying it would block: skipped
+    os.mkfifo(src / "pkg" / "fifo")
     wd = sandbox.make_workdir("/tmp", "tgrd-work-", user, sandbox.Limits(disk_mb=4), src)
     try:
         st = wd.stat()
         assert st.st_uid == pwd.getpwnam(user).pw_uid and st.st_mode & 0o777 == 0o700
         assert (wd / "leak").is_symlink() and (wd / "pkg" / "m.py").read_text() == "x = 1\n"
+        assert not (wd / "fifo").exists() and not (wd / "pkg" / "fifo").exists()
         leak = run_as(user, f"print(open('{wd}/leak').read())")
         assert "Permission denied" in leak.stderr
         fill = run_as(

@@ -29,6 +29,7 @@ import pwd
 import resource
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -245,16 +246,26 @@ def make_workdir(
     if source is not None:
         for item in sorted(Path(source).iterdir()):
             dst = wd / item.name
-            if item.is_symlink() or not item.is_dir():
+            if item.is_symlink() or item.is_file():
                 shutil.copy2(item, dst, follow_symlinks=False)
-            else:
-                shutil.copytree(item, dst, symlinks=True)
+            elif item.is_dir():
+                shutil.copytree(item, dst, symlinks=True, ignore=_special_files)
     for dirpath, dirnames, filenames in os.walk(wd):
         for n in dirnames + filenames:
             os.lchown(os.path.join(dirpath, n), pw.pw_uid, pw.pw_gid)
     os.chown(wd, pw.pw_uid, pw.pw_gid)
     os.chmod(wd, 0o700)
     return wd
+
+
+def _special_files(dirpath: str, names: list[str]) -> list[str]:
+    """FIFOs, sockets and devices: copying them would block or mean nothing."""
+    out = []
+    for n in names:
+        st = os.lstat(os.path.join(dirpath, n))
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+            out.append(n)
+    return out
 
 
 def remove_workdir(wd: str | Path) -> None:

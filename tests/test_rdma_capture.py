@@ -65,7 +65,7 @@ def test_tshark_decodes_rocev2_opcodes(tmp_path):
         wr = v.SendWR(2, e.IBV_WR_RDMA_WRITE, sg=[v.SGE(mrc.buf, 64, mrc.lkey)])
         wr.set_wr_rdma(rkey, addr + 8192)
         ep.qp.post_send(wr)
-        rd = v.SendWR(3, e.IBV_WR_RDMA_READ, sg=[v.SGE(mrc.buf + 4096, 2100, mrc.lkey)])
+        rd = v.SendWR(3, e.IBV_WR_RDMA_READ, sg=[v.SGE(mrc.buf + 4096, 9000, mrc.lkey)])
         rd.set_wr_rdma(rkey, addr)
         ep.qp.post_send(rd)
         assert [wc.status for wc in ep.cq.poll_wait(3, timeout=5)] == [0, 0, 0]
@@ -94,3 +94,23 @@ def test_tshark_decodes_rocev2_opcodes(tmp_path):
     assert len(opcodes) == len(rows)  # every UDP packet decoded as InfiniBand
     syndromes = [int(r[2], 0) for r in rows if len(r) > 2 and r[2]]
     assert 0x62 in syndromes  # NAK: remote access error
+    assert (
+        opcodes.count(0x0E) == 7
+    )  # 9000 B at MTU 1024: FIRST, 7 MIDDLE (sent as one GSO batch), LAST
+
+
+def test_icrc_of_captured_packets_matches_scapy(tmp_path):
+    """scapy recomputes the ICRC of every captured packet from its real IP and
+    UDP headers (including the IP IDs of GSO segments) and agrees."""
+    from scapy.contrib.roce import BTH
+    from scapy.utils import rdpcap
+
+    test_tshark_decodes_rocev2_opcodes(tmp_path)
+    pkts = [p for p in rdpcap(str(tmp_path / "trdma.pcap")) if p.haslayer(BTH)]
+    assert len(pkts) >= 15
+    ids = set()
+    for p in pkts:
+        raw = bytes(p[BTH])
+        assert raw[-4:] == p[BTH].compute_icrc(None), p.summary()
+        ids.add(p["IP"].id)
+    assert len(ids) > 1  # GSO segments carried IDs 0, 1, 2, ...

@@ -78,16 +78,46 @@ def psn_diff(a: int, b: int) -> int:
     return d - 0x1000000 if d & 0x800000 else d
 
 
-def icrc_seed(src_ip: bytes, dst_ip: bytes, sport: int, dport: int, roce_len: int) -> int:
+def icrc_seed(src_ip: bytes, dst_ip: bytes, sport: int, dport: int, roce_len: int, ip_id: int = 0) -> int:  # fmt: skip
     """CRC32 state after the pseudo LRH + masked IPv4 + masked UDP headers, for a
     RoCE payload (BTH..ICRC inclusive) of `roce_len` bytes. The IP ID is 0
-    because our sockets set DF and are unconnected (Linux then sends ID 0)."""
+    because our sockets set DF and are unconnected (Linux then sends ID 0);
+    a UDP GSO batch numbers its segments 0, 1, 2, ... instead."""
     udp_len = 8 + roce_len
     hdr = _PSEUDO.pack(
-        _ONES8, 0x45, 0xFF, 20 + udp_len, 0, IP_DF, 0xFF, 17, 0xFFFF, src_ip, dst_ip,
+        _ONES8, 0x45, 0xFF, 20 + udp_len, ip_id, IP_DF, 0xFF, 17, 0xFFFF, src_ip, dst_ip,
         sport, dport, udp_len, 0xFFFF,
     )  # fmt: skip
     return zlib.crc32(hdr)
+
+
+GSO_MAX_SEGS = 60  # segments per UDP GSO send (the kernel allows 64...
+GSO_MAX_BYTES = 65000  # ...within one 64 KiB datagram)
+_ID_DELTAS: dict[int, dict[int, int]] = {}
+
+
+def id_deltas(roce_len: int) -> dict[int, int]:
+    """{ICRC xor difference: IP ID} for IDs 1..GSO_MAX_SEGS-1 at this length.
+
+    A UDP socket does not see the IP header of what it receives, so the
+    receiver computes the ICRC with IP ID 0; a segment of a GSO batch carries
+    ID i, and CRC32 being affine, the two ICRCs differ by a constant that
+    depends only on i and the length. A packet whose ICRC differs by one of
+    these constants is intact (its ID was i)."""
+    d = _ID_DELTAS.get(roce_len)
+    if d is None:
+        n = 8 + 20 + 8 + roce_len - 4
+        zero = bytearray(n)
+        base = zlib.crc32(zero)
+        d = {}
+        for i in range(1, GSO_MAX_SEGS):
+            zero[12:14] = i.to_bytes(2, "big")  # the IP ID, after the 8-byte pseudo LRH
+            d[zlib.crc32(zero) ^ base] = i
+        zero[12:14] = b"\0\0"
+        if len(_ID_DELTAS) > 64:
+            _ID_DELTAS.clear()
+        _ID_DELTAS[roce_len] = d
+    return d
 
 
 def icrc(seed: int, bth: bytes | bytearray | memoryview, rest=b"") -> int:

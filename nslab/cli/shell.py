@@ -7,6 +7,7 @@ import os
 import subprocess
 
 from nslab.cli.exec import find_lab
+from nslab.errors import NslabError
 
 VERB = "shell"
 HELP = "open an interactive shell inside a node of a running lab"
@@ -14,11 +15,14 @@ HELP = "open an interactive shell inside a node of a running lab"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="lab name (optional when exactly one lab runs)")
-    p.add_argument("node")
+    p.add_argument("where", nargs="+", metavar="[LAB] NODE", help="node, or lab and node")
 
 
 def run(args: argparse.Namespace) -> int:
-    lab = find_lab(args.name)
+    if len(args.where) > 2:
+        raise NslabError("usage: nslab shell [--name LAB] NODE  or  nslab shell LAB NODE")
+    args.node = args.where[-1]
+    lab = find_lab(args.where[0] if len(args.where) == 2 else args.name)
     inside = lab.container_cmd(args.node)
     if inside:  # a container: its own shell, filesystem and tools
         from nslab import containers

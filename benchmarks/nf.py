@@ -24,6 +24,7 @@ import json
 import os
 import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -135,7 +136,7 @@ def main() -> int:
         return 1
     sizes = [int(x) for x in a.sizes.split(",")]
     rows = []
-    with NetnsSet("tnf") as n:
+    with NetnsSet("tnf") as n, tempfile.TemporaryDirectory(prefix="tnf-bench-") as tmpdir:
         src, mid, dst = n.ns("bsrc"), n.ns("bmid"), n.ns("bdst")
         n.veth(src, "eth0", mid, "eth0")
         n.veth(mid, "eth1", dst, "eth0")
@@ -159,7 +160,7 @@ def main() -> int:
                     "--name",
                     "bench",
                     "--report",
-                    "/dev/null",
+                    str(Path(tmpdir) / "bench.report"),
                 ],
                 cwd=ROOT,
             )

@@ -440,3 +440,22 @@ def test_http_inspector_chunked_put_waits_for_the_last_chunk(body, want):
     assert s.n(0) == s.n(1) == 0  # the last chunk has not arrived: held
     h.push(ss[1])
     assert s.n(want) == 2 and s.n(1 - want) == 0
+
+
+def test_report_refuses_non_regular_paths(tmp_path):
+    """An atomic rename onto a device or fifo would replace it (never again /dev/null)."""
+    import os
+
+    from nslab.nf.report import write
+
+    fifo = tmp_path / "nf.report"
+    os.mkfifo(fifo)
+    with pytest.raises(NslabError, match="not a regular file"):
+        write({"nf": "x"}, fifo)
+    assert fifo.is_fifo()
+    r = Router("x", report=fifo)
+    with pytest.raises(NslabError, match="not a regular file"):
+        r.run(duration=0, install_signals=False)
+    assert fifo.is_fifo()
+    ok = write({"nf": "x", "interfaces": {}}, tmp_path / "ok.report")
+    assert ok.read_text().startswith("{") and (tmp_path / "ok.report.txt").exists()

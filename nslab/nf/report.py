@@ -18,6 +18,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from nslab.errors import NslabError
+
 
 def merge(report: dict[str, Any], part: dict[str, Any]) -> None:
     """Add one element's stats() into the report (numbers under equal keys add up)."""
@@ -70,13 +72,24 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_path(path: str | Path) -> Path:
+    """Refuse report paths whose atomic rename would replace something that is
+    not a regular file (a device such as /dev/null, a fifo, a directory)."""
+    path = Path(path)
+    for p in (path, path.with_name(path.name + ".txt")):
+        if p.exists() and not p.is_file():
+            raise NslabError(f"report path {p} exists and is not a regular file; choose another")
+    return path
+
+
 def write(report: dict[str, Any], path: str | Path) -> Path:
     """Write `path` (JSON) and `path`.txt (table) atomically; returns the JSON path."""
-    path = Path(path)
+    path = check_path(path)
+    txt = path.with_name(path.name + ".txt")
     path.parent.mkdir(parents=True, exist_ok=True)
     for p, text in (
         (path, json.dumps(report, indent=2, sort_keys=True) + "\n"),
-        (path.with_name(path.name + ".txt"), table(report)),
+        (txt, table(report)),
     ):
         tmp = p.with_name(p.name + ".tmp")
         tmp.write_text(text)

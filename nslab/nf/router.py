@@ -74,6 +74,8 @@ class Router:
             # SIGHUP too: a closed terminal should still leave a report behind
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(sig, self.stop)
+        if self.report_path:
+            reportlib.check_path(self.report_path)  # fail now, not after the run
         try:
             self.open()
             # one line that services can wait for (lab.yaml `ready: {log: "forwarding on"}`)

@@ -43,6 +43,7 @@ MAX_INFLIGHT = 512  # requester window in packets (send/write), a UDP-buffer-siz
 READ_INFLIGHT_BYTES = 2 << 20  # bytes of outstanding READ responses (receive buffer bound)
 RNR_DELAY_S = 0.001
 IDLE_WAKE_S = 0.05  # the NIC thread looks at its timers at least this often
+BUSY_WAKE_S = 0.002  # ... and this often while an application thread busy-polls
 
 
 class VerbsError(NslabError):
@@ -191,6 +192,7 @@ class Context:
         # so a test can drop, duplicate or reorder. None = send as is.
         self.tx_hook: Callable[[bytes, tuple], Iterable[tuple[bytes, tuple]]] | None = None
         self._closed = False
+        self.busy_pollers = 0  # application threads in a busy poll (they drive receive)
         self.gso = os.environ.get("NSLAB_RDMA_GSO", "1") != "0"
         self._sleep_until = float("inf")  # until when the NIC thread sleeps (0: awake)
         self._rxbuf = bytearray(65536)
@@ -229,11 +231,15 @@ class Context:
         poller = select.poll()
         poller.register(self.sock, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
+        quiet = select.poll()  # while an application thread busy-polls, it receives
+        quiet.register(self._wake_r, select.POLLIN)
         wake = self._wake_r
         while not self._closed:
             delay = min(self._next_deadline(), IDLE_WAKE_S)
+            if self.busy_pollers:
+                delay = min(delay, BUSY_WAKE_S)
             self._sleep_until = time.monotonic() + delay
-            events = poller.poll(max(0.0, delay) * 1000.0 + 0.5)
+            events = (quiet if self.busy_pollers else poller).poll(max(0.0, delay) * 1000.0 + 0.5)
             self._sleep_until = 0.0
             if self._closed:
                 break
@@ -285,8 +291,8 @@ class Context:
             pass
 
     def _next_deadline(self) -> float:
-        with self.lock:
-            dl = [qp._deadline for qp in self.qps.values() if qp._deadline is not None]
+        # Read without the lock: a stale value only makes one sleep shorter or longer.
+        dl = [d for qp in list(self.qps.values()) if (d := qp._deadline) is not None]
         return (min(dl) - time.monotonic()) if dl else IDLE_WAKE_S
 
     def _timers(self) -> None:
@@ -436,6 +442,14 @@ class CQ:
         out: list[WC] = []
         end = time.monotonic() + timeout
         q = self._q
+        if q and len(q) >= num_entries:
+            return [q.popleft() for _ in range(num_entries)]
+        if busy:
+            self.ctx.busy_pollers += 1
+            try:
+                return self._spin(out, num_entries, end)
+            finally:
+                self.ctx.busy_pollers -= 1
         while len(out) < num_entries:
             while q and len(out) < num_entries:
                 out.append(q.popleft())
@@ -444,14 +458,25 @@ class CQ:
             left = end - time.monotonic()
             if left <= 0:
                 break
-            if busy:
-                if not self.ctx.progress():
-                    time.sleep(0)  # hand the GIL over (the NIC thread may hold the lock)
-                continue
             with self._cv:
                 if not q:
                     self._cv.wait(min(left, 0.05))
         return out
+
+    def _spin(self, out: list[WC], num_entries: int, end: float) -> list[WC]:
+        q, progress, now = self._q, self.ctx.progress, time.monotonic
+        n = 0
+        while True:
+            while q and len(out) < num_entries:
+                out.append(q.popleft())
+            if len(out) >= num_entries:
+                return out
+            if not progress():
+                n += 1
+                if n & 63 == 0:
+                    if now() > end:
+                        return out
+                    time.sleep(0)  # let other threads (the NIC's timers) run now and then
 
     def __enter__(self) -> CQ:
         return self
@@ -944,11 +969,13 @@ class QP:
                 self._complete_send(self._sq.pop(i), status, force=True)
             self._to_error()
             return
-        # READ response
-        self._ack_upto(w.psn_add(psn, -1))
-        if not self._sq:
-            return
-        q = self._sq[0]
+        # READ response (it implicitly acknowledges everything before it)
+        sq = self._sq
+        if not sq or sq[0].op != e.IBV_WR_RDMA_READ or op != w.READ_RESP_MIDDLE:
+            self._ack_upto(w.psn_add(psn, -1))
+            if not sq:
+                return
+        q = sq[0]
         if q.op != e.IBV_WR_RDMA_READ:
             return
         k = w.psn_diff(psn, q.first_psn)

@@ -118,6 +118,8 @@ def apply(
         private_data_dir=str(pdd),
         playbook="apply-nft.yml",
         extravars={"nf_template": template, **params},
+        # keep Ansible's own files (temp, home) in the run's folder, not in ~/.ansible
+        envvars={"ANSIBLE_LOCAL_TEMP": str(pdd / "tmp"), "ANSIBLE_HOME": str(pdd / "home")},
         quiet=quiet,
     )
     if r.rc != 0:

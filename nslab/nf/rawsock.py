@@ -92,7 +92,10 @@ class RawSocket:
         try:
             self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
         except PermissionError as exc:
-            raise NslabError("raw sockets need root (run with sudo)") from exc
+            raise NslabError(
+                "raw sockets need root or CAP_NET_RAW (run with sudo; a sandboxed NF needs the "
+                "capability granted, e.g. as an ambient capability)"
+            ) from exc
         try:
             self.sock.bind((ifname, ETH_P_ALL))
         except OSError as exc:

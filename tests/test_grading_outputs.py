@@ -231,3 +231,49 @@ def test_public_view_and_the_due_date(grading_env, tmp_path, due, shown):
         load_lab(lab), sub, tmp_path / "o", visibility="public", user_base=grading_env
     )
     assert len(r.tests) == shown and r.all_passed
+
+
+def test_variants_multiply_checks_and_hide_with_their_variant(grading_env, tmp_path):
+    lab = make_lab(
+        tmp_path,
+        "var",
+        """
+        title: Variants
+        name: va
+        params: {n: 1}
+        variants:
+          two: {params: {n: 2}, visibility: hidden, weight: 0.5}
+        """,
+        {
+            "test_a.py": '''
+            import pytest
+
+            @pytest.mark.points(4)
+            def test_any(lab):
+                """n is positive"""
+                assert lab.params["n"] > 0
+
+            @pytest.mark.variants("two")
+            def test_two_only(lab):
+                assert lab.params["n"] == 2
+
+            def test_no_lab():
+                pass
+            '''
+        },
+    )
+    sub = tmp_path / "s"
+    sub.mkdir()
+    r = runner.grade_one(load_lab(lab), sub, tmp_path / "all", user_base=grading_env)
+    got = {(t["name"], t["max_score"], t["visibility"]) for t in r.tests}
+    assert got == {
+        ("n is positive", 4, "visible"),
+        ("n is positive [two]", 2, "hidden"),
+        ("test_two_only [two]", 0.5, "hidden"),
+        ("test_no_lab", 1, "visible"),
+    }
+    assert r.score == r.max_score == 7.5
+    public = runner.grade_one(
+        load_lab(lab), sub, tmp_path / "pub", visibility="public", user_base=grading_env
+    )
+    assert sorted(t["name"] for t in public.tests) == ["n is positive", "test_no_lab"]

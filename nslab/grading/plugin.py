@@ -217,6 +217,12 @@ def pytest_collection_modifyitems(
     session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
 ) -> None:
     st = _state(config)
+    # a check whose variants are all filtered out (e.g. hidden ones in the public
+    # view) is not a check of this run, not a skipped one
+    empty = [i for i in items if _no_variant(i)]
+    if empty:
+        config.hook.pytest_deselected(items=empty)
+        items[:] = [i for i in items if i not in empty]
     if st["cfg"].get("visibility") == "public":
         shown = {"visible"}
         due = st["spec"].due
@@ -227,6 +233,11 @@ def pytest_collection_modifyitems(
         if dropped:
             config.hook.pytest_deselected(items=dropped)
             items[:] = keep
+
+
+def _no_variant(item: pytest.Item) -> bool:
+    cs = getattr(item, "callspec", None)
+    return cs is not None and "lab" in cs.params and not isinstance(cs.params["lab"], Variant)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -62,7 +62,7 @@ def test_tshark_decodes_rocev2_opcodes(tmp_path):
         lst.close()
         rkey, addr = ep.private["rkey"], ep.private["addr"]
         ep.qp.post_send(v.SendWR(1, e.IBV_WR_SEND, sg=[v.SGE(mrc.buf, 2500, mrc.lkey)]))
-        wr = v.SendWR(2, e.IBV_WR_RDMA_WRITE, sg=[v.SGE(mrc.buf, 64, mrc.lkey)])
+        wr = v.SendWR(2, e.IBV_WR_RDMA_WRITE, sg=[v.SGE(mrc.buf, 8000, mrc.lkey)])  # GSO middles
         wr.set_wr_rdma(rkey, addr + 8192)
         ep.qp.post_send(wr)
         rd = v.SendWR(3, e.IBV_WR_RDMA_READ, sg=[v.SGE(mrc.buf + 4096, 9000, mrc.lkey)])

@@ -798,13 +798,34 @@ class QP:
                 self.snd_nxt = w.psn_add(q.first_psn, q.npkts)
                 i += 1
                 continue
-            if w.psn_diff(self.snd_nxt, self.snd_una) >= MAX_INFLIGHT:
+            room = MAX_INFLIGHT - w.psn_diff(self.snd_nxt, self.snd_una)
+            if room <= 0:
                 break
+            m = min(room, q.npkts - 1 - k, w.GSO_MAX_SEGS, w.GSO_MAX_BYTES // (self.mtu + 16))
+            if k > 0 and m >= 2 and self._xmit_middles(q, k, m):
+                self.snd_nxt = w.psn_add(self.snd_nxt, m)
+                continue
             self._xmit_data(q, k)
             self.snd_nxt = w.psn_add(self.snd_nxt, 1)
             if k + 1 >= q.npkts:
                 i += 1
         self._arm()
+
+    def _xmit_middles(self, q: _SendWQE, k: int, m: int) -> bool:
+        """MIDDLE packets k..k+m-1 of a SEND/WRITE in one GSO send."""
+        mtu, dq = self.mtu, self.dest_qp_num
+        op = w.SEND_MIDDLE if q.op in (e.IBV_WR_SEND, e.IBV_WR_SEND_WITH_IMM) else w.WRITE_MIDDLE
+        seglen = 12 + mtu + 4
+        parts = []
+        crc32, pack = zlib.crc32, w.ICRC.pack
+        for i in range(m):
+            j = k + i
+            hdr = w.pack_bth(op, dq, w.psn_add(q.first_psn, j), j % ACK_EVERY == ACK_EVERY - 1)
+            data = q.data[j * mtu : (j + 1) * mtu]
+            parts.append(hdr)
+            parts.append(data)
+            parts.append(pack(crc32(data, w.icrc(self._seed(seglen, i), hdr))))
+        return self.ctx._send_gso(parts, seglen, self.remote)
 
     def _xmit_data(self, q: _SendWQE, k: int) -> None:
         mtu, n = self.mtu, q.npkts

@@ -111,6 +111,12 @@ def test_policy_loading_errors(tmp_path):
     with pytest.raises(NslabError, match="no class 'Other'"):
         load_policy(f"{f}:Other")
     assert parse_pods("a=http://h:1,b=http://h:2") == [("a", "http://h:1"), ("b", "http://h:2")]
+    from nslab.serving.dispatcher import command
+
+    cmd = command({"kind": "dispatcher", "pods": "a=http://h:1", "policy": "p2c", "port": 80})
+    assert cmd[1:3] == ["-m", "nslab.serving.dispatcher"] and json.loads(cmd[-1])["port"] == 80
+    with pytest.raises(NslabError, match="unknown key.*polcy"):
+        command({"pods": "a=http://h:1", "polcy": "p2c"})
 
 
 FAST = {"model": "digits", "device": "sim-gpu", "profile": "a=4,c=0,sat=1"}

@@ -230,6 +230,28 @@ class Dispatcher:
         )
 
 
+DISPATCHER_KEYS = {"pods", "policy", "port", "host", "retries", "timeout_s", "poll_interval_s"}
+
+
+def command(node_config: dict[str, Any]) -> list[str]:
+    """The command line that runs a dispatcher with this node config: keys `pods`
+    (NAME=URL,... or [{name, url}]), `policy`, `port` (8080), `host`, `retries`,
+    `timeout_s`, `poll_interval_s`."""
+    cfg = {k: v for k, v in node_config.items() if k not in ("kind", "image", "ip", "gateway")}
+    unknown = sorted(set(cfg) - DISPATCHER_KEYS - {"interfaces"})
+    if unknown:
+        raise NslabError(
+            f"dispatcher config: unknown key(s) {', '.join(unknown)}; "
+            f"keys are {', '.join(sorted(DISPATCHER_KEYS))}"
+        )
+    cfg.pop("interfaces", None)
+    if "pods" not in cfg:
+        raise NslabError("dispatcher config: `pods` is required (NAME=URL,NAME=URL)")
+    parse_pods(cfg["pods"])
+    load_policy(str(cfg.get("policy", "round-robin")))
+    return [sys.executable, "-m", "nslab.serving.dispatcher", "--config", json.dumps(cfg)]
+
+
 async def run_dispatcher(cfg: dict[str, Any]) -> None:
     d = Dispatcher(
         parse_pods(cfg["pods"]),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import subprocess
+import os
 
 from nslab.engine import Lab, running_labs
 from nslab.errors import NslabError
@@ -42,4 +42,6 @@ def run(args: argparse.Namespace) -> int:
     lab = find_lab(args.name)
     inside = None if args.netns else lab.container_cmd(args.node)
     argv = [*inside, *cmd] if inside else lab.command(args.node, cmd)
-    return subprocess.call(argv, env=lab.env())
+    # Become the command (nsenter execs it in turn): signals such as Ctrl-C or
+    # SIGTERM then reach it directly, and its exit status is ours.
+    os.execvpe(argv[0], argv, lab.env())

@@ -754,6 +754,9 @@ class QP:
         return s
 
     def _xmit(self, hdr: bytes, payload=b"") -> None:
+        # Snapshot the payload: the CRC and the bytes sent must be the same even
+        # if the application writes the memory meanwhile (sendmsg drops the GIL).
+        payload = bytes(payload)
         pad = -len(payload) & 3
         if pad:
             hdr = hdr[:1] + bytes([hdr[1] | (pad << 4)]) + hdr[2:]
@@ -821,7 +824,7 @@ class QP:
         for i in range(m):
             j = k + i
             hdr = w.pack_bth(op, dq, w.psn_add(q.first_psn, j), j % ACK_EVERY == ACK_EVERY - 1)
-            data = q.data[j * mtu : (j + 1) * mtu]
+            data = bytes(q.data[j * mtu : (j + 1) * mtu])
             parts.append(hdr)
             parts.append(data)
             parts.append(pack(crc32(data, w.icrc(self._seed(seglen, i), hdr))))
@@ -1216,7 +1219,7 @@ class QP:
             p = w.psn_add(psn, k + i)
             hdr = w.pack_bth(w.READ_RESP_MIDDLE, dq, p)
             a = off + (k + i) * mtu
-            data = mv[a : a + mtu]
+            data = bytes(mv[a : a + mtu])  # a snapshot: the application may be writing
             crc = crc32(data, w.icrc(self._seed(seglen, i), hdr))
             pkts.append(hdr)
             pkts.append(data)

@@ -76,7 +76,9 @@ def student_py(lab, node: str, code: str, timeout: float = 60):
         p.kill()
         p.communicate()
         raise AssertionError(f"your client did not finish within {timeout:.0f} s") from None
-    return _last_json(out, "your kvclient.py (its error output: " + err[-1200:] + ")")
+    return _last_json(
+        out, f"your kvclient.py (exit status {p.returncode}; its error output: {err[-1200:]})"
+    )
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -277,3 +279,44 @@ def test_variants_multiply_checks_and_hide_with_their_variant(grading_env, tmp_p
         load_lab(lab), sub, tmp_path / "pub", visibility="public", user_base=grading_env
     )
     assert sorted(t["name"] for t in public.tests) == ["n is positive", "test_no_lab"]
+
+
+def test_lab_start_keeps_it_up_until_stop(grading_env, tmp_path):
+    labs = tmp_path / "labs"
+    shutil.copytree(ECHO, labs / "tgrd-echo")
+    env = dict(os.environ, NSLAB_LABS=str(labs))
+    state = Path("/run/nslab-labs/tgrd-echo.json")
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "nslab", "lab", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+
+    try:
+        assert "tgrd-echo  Squares" in cli("list").stdout
+        up = cli("start", "tgrd-echo", "--submission", str(ECHO / "solution"))
+        assert up.returncode == 0, up.stderr
+        st = json.loads(state.read_text())
+        port, workdir = st["ports"]["app"], Path(st["workdir"])
+        assert "tests) (running)" in cli("list").stdout
+        with socket.create_connection(
+            ("127.0.0.1", port), timeout=5
+        ) as s:  # still up after the CLI exited
+            s.sendall(b"12\n")
+            assert s.recv(100) == b"144\n"
+        again = cli("start", "tgrd-echo")
+        assert again.returncode != 0 and "already running" in again.stderr
+        down = cli("stop", "tgrd-echo")
+        assert down.returncode == 0, down.stderr
+        assert not state.exists() and not workdir.exists()
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        assert "is not running" in cli("stop", "tgrd-echo").stderr
+    finally:
+        if state.exists():
+            cli("stop", "tgrd-echo")
+        shutil.rmtree("/run/nslab-labs/tgrd-echo", ignore_errors=True)

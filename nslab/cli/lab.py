@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 
 from nslab.errors import NslabError
 from nslab.grading import sandbox
+from nslab.grading.runner import PREFIX_ENV
 from nslab.grading.runtime import GradedLab
 from nslab.labs import LabSpec, find_lab, list_labs
 
@@ -86,8 +88,10 @@ def _start(spec: LabSpec, args: argparse.Namespace) -> int:
     limits = sandbox.Limits.from_dict(spec.limits)
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     os.chmod(STATE_DIR, 0o755)
-    workdir = sandbox.make_workdir("/tmp", f"nslab-live-{spec.name}-", user, limits, sub)
+    prefix = os.environ.get(PREFIX_ENV, "nslab")
+    workdir = sandbox.make_workdir("/tmp", f"{prefix}-live-{spec.name}-", user, limits, sub)
     logs = STATE_DIR / spec.id
+    shutil.rmtree(logs, ignore_errors=True)  # the previous run's logs
     glab = GradedLab(spec, workdir, user, limits, spec.name, logs, variant)
     try:
         glab.start()

@@ -313,7 +313,7 @@ class Context:
             return
         n = len(pkt)
         seed = qp._rx_seed(addr, n)
-        crc = w.icrc(seed, pkt[:12], pkt[12 : n - 4])
+        crc = w.icrc(seed, pkt[: n - 4])
         got = w.ICRC.unpack_from(pkt, n - 4)[0]
         if crc != got and (crc ^ got) not in w.id_deltas(n):
             self.stats["rx_dropped_icrc"] += 1
@@ -762,7 +762,7 @@ class QP:
             hdr = hdr[:1] + bytes([hdr[1] | (pad << 4)]) + hdr[2:]
             payload = bytes(payload) + b"\0" * pad
         seed = self._seed(len(hdr) + len(payload) + 4)
-        crc = w.icrc(seed, hdr[:12], hdr[12:])
+        crc = w.icrc(seed, hdr)
         if payload:
             crc = zlib.crc32(payload, crc)
         self.ctx._send([hdr, payload, w.ICRC.pack(crc)], self.remote)

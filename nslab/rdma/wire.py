@@ -120,16 +120,12 @@ def id_deltas(roce_len: int) -> dict[int, int]:
     return d
 
 
-def icrc(seed: int, bth: bytes | bytearray | memoryview, rest=b"") -> int:
-    """ICRC over a packet (without its ICRC) given its pseudo-header seed. The
-    BTH's resv8a byte (FECN, BECN, resv6) is masked to 0xff."""
-    masked = bytes(bth[0:4]) + b"\xff" + bytes(bth[5:12])
-    crc = zlib.crc32(masked, seed)
-    if len(bth) > 12:
-        crc = zlib.crc32(bth[12:], crc)
-    if rest:
-        crc = zlib.crc32(rest, crc)
-    return crc
+def icrc(seed: int, pkt, rest=b"") -> int:
+    """ICRC of a packet (BTH onwards, without its ICRC) given its pseudo-header
+    seed; `rest` continues the packet. The BTH's resv8a byte (FECN, BECN,
+    resv6) counts as 0xff whatever it holds."""
+    crc = zlib.crc32(pkt[5:], zlib.crc32(b"\xff", zlib.crc32(pkt[:4], seed)))
+    return zlib.crc32(rest, crc) if rest else crc
 
 
 def pack_bth(

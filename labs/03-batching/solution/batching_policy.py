@@ -8,9 +8,10 @@ SLO_S = 0.100  # the lab's latency objective: p99 <= 100 ms
 class SloAwarePolicy(BatchPolicy):
     """Wait for a bigger batch only while the oldest request can still make its
     deadline. A request may also have to wait for the batch that is running
-    when it arrives, so only half of the SLO is ours to spend on batching."""
+    when it arrives (up to a full batch time), and p99 is a tail, not a mean:
+    so only 30 % of the SLO is spent on waiting plus the batch's own service."""
 
-    budget_s = SLO_S / 2
+    budget_s = 0.3 * SLO_S
 
     def decide(self, s: QueueState) -> int:
         n = min(s.queued_items, s.max_batch_size)

@@ -209,4 +209,6 @@ def test_survives_a_pod_failure(lab, repo, record, expect):
     record.value("requests per pod", str(dict(sorted(r.per_pod.items()))))
     record.value("failed", r.errors)
     expect(r.errors, "==", 0, "requests failed after a pod died (the dispatcher retries)")
-    expect(round(r.throughput, 1), ">=", 70.0, "throughput with one pod down", "req/s")
+    # Mostly about failing cleanly; the throughput bar is low because graders may
+    # run several submissions at once on a 2-core machine.
+    expect(round(r.throughput, 1), ">=", 40.0, "throughput with one pod down", "req/s")

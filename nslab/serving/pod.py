@@ -87,11 +87,12 @@ class PodConfig:
         return out
 
 
-def command(node_config: dict[str, Any]) -> list[str]:
-    """The command line that runs a pod with this node config (e.g. in a node's namespace)."""
+def command(node_config: dict[str, Any], python: str | None = None) -> list[str]:
+    """The command line that runs a pod with this node config (e.g. in a node's
+    namespace). `python`: the interpreter inside a container image (default: this one)."""
     cfg = PodConfig.from_dict(dict(node_config))
     d = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
-    return [sys.executable, "-m", "nslab.serving.pod", "--config", json.dumps(d)]
+    return [python or sys.executable, "-m", "nslab.serving.pod", "--config", json.dumps(d)]
 
 
 def load_policy(spec: str, max_batch_size: int) -> BatchPolicy:

@@ -318,3 +318,31 @@ def test_cuda_device_without_gpu_is_a_clear_error(model_repo):  # noqa: F811
         pytest.skip("a GPU is present: the error path does not apply")
     with pytest.raises(NslabError, match="device 'cuda'.*use 'cpu' or 'sim-gpu'"):
         make_device("cuda", models.load("digits", model_repo))
+
+
+def test_pod_uses_a_policy_file_and_yaml_config(model_repo, tmp_path):  # noqa: F811
+    pol = tmp_path / "tsrv_pairs.py"
+    pol.write_text(
+        "from nslab.serving.batching import BatchPolicy\n"
+        "class Pairs(BatchPolicy):\n"
+        "    def decide(self, s):\n"
+        "        return 2 if s.queued_items >= 2 or s.oldest_wait_s > 0.05 else 0\n"
+    )
+    cfg_file = tmp_path / "tsrv_pod.yaml"
+    cfg_file.write_text(
+        f"model: digits\ndevice: sim-gpu\nprofile: a=10,c=0,sat=8\nmax_batch_size: 8\n"
+        f"policy: {pol}:Pairs\n"
+    )
+    import argparse
+
+    from nslab.serving.pod import add_pod_arguments, config_from_args
+
+    p = argparse.ArgumentParser()
+    add_pod_arguments(p)
+    cfg = config_from_args(p.parse_args(["--config", str(cfg_file), "--max-queue-delay-us", "5"]))
+    assert cfg.max_batch_size == 8 and cfg.max_queue_delay_us == 5 and cfg.policy.endswith("Pairs")
+    with local.pods(
+        {k: getattr(cfg, k) for k in ("model", "device", "profile", "max_batch_size", "policy")}
+    ) as (pod,):
+        sizes = {r["parameters"]["batch_size"] for _, r in _infer_many(pod.url, 40, 8)}
+    assert sizes <= {1, 2} and 2 in sizes, sizes  # the file's policy, not Triton's rule

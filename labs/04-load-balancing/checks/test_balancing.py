@@ -199,7 +199,7 @@ def test_survives_a_pod_failure(lab, repo, record, expect):
         d = labcheck.student_dispatcher(lab, repo, pods, "policies.py:PowerOfTwo")
         killer = threading.Timer(1.5, procs[1].stop, kwargs={"sig_kill": True})
         killer.start()
-        r = load.run(d.url, "digits", rate=80, seed=9, timeout_s=5, **MEASURE)
+        r = load.run(d.url, "digits", rate=80, seed=9, timeout_s=5, repo=repo, **MEASURE)
         killer.join()
     finally:
         if d is not None:

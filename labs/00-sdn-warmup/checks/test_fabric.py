@@ -19,6 +19,10 @@ def test_all_pairs_reachable(lab, ping, record):
     hosts = lab.hosts()
     pairs = [(a, b) for a in hosts for b in hosts if a != b]
     results = ping_pairs(ping, pairs, count=2, interval_s=0.1, workers=6)
+    # A busy machine can delay the first packets (they go to the controller):
+    # pairs without a reply get a second, longer chance.
+    retry = [p for p, r in results.items() if not r.ok]
+    results.update(ping_pairs(ping, retry, count=5, interval_s=0.5, wait_s=3.0, workers=6))
     bad = [f"{a}->{b}" for (a, b), r in results.items() if not r.ok]
     record.value("pairs", len(pairs))
     record.value("unreachable pairs", len(bad))
@@ -31,7 +35,9 @@ def test_all_pairs_reachable(lab, ping, record):
 def test_no_packet_ins_once_warm(lab, ping, openflow, racks, record):
     """after warm-up, steady traffic never reaches the controller"""
     pairs = cross_rack_pairs(racks)[:4]
-    ping_pairs(ping, pairs, count=2)  # warm-up: learning, flows installed
+    warm = ping_pairs(ping, pairs, count=2)  # warm-up: learning, flows installed
+    retry = [p for p, r in warm.items() if r.received < 2]  # a busy machine: a second chance
+    ping_pairs(ping, retry, count=5, interval_s=0.5, wait_s=3.0)
     settle()
     before = sum(openflow.packet_ins(sw) for sw in lab.switches())
     series = ping_pairs(ping, pairs, count=40, interval_s=0.05, wait_s=1.0)
@@ -96,10 +102,10 @@ def test_inter_rack_throughput(lab, racks, record, expect):
         ylabel="Mbit/s",
     )
     record.value("median of 3 runs", round(med, 1), "Mbit/s")
-    # A fifth of the link rate: holds on a loaded 2-core machine with OVS's
-    # userspace datapath (35-41 Mbit/s measured with another lab grading beside it);
-    # a fabric that sends every packet through the controller gets ~3 Mbit/s.
-    expect(med, ">=", 0.2 * rate, f"median throughput {hosts_a[0]} -> {hosts_b[0]}", "Mbit/s")
+    # 15% of the link rate: holds on a loaded 2-core machine with OVS's userspace
+    # datapath (35-41 Mbit/s measured with another lab grading beside it); a
+    # fabric that sends every packet through the controller got 2.3-7.5 Mbit/s.
+    expect(med, ">=", 0.15 * rate, f"median throughput {hosts_a[0]} -> {hosts_b[0]}", "Mbit/s")
 
 
 @pytest.mark.points(3)

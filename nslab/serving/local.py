@@ -7,9 +7,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import select
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,6 +23,20 @@ class Proc:
         self.popen, self.port, self.what = popen, port, what
         self.url = f"http://127.0.0.1:{port}"
 
+    @property
+    def log_path(self) -> str | None:
+        return getattr(self.popen, "nslab_log", None)
+
+    def log_tail(self, n: int = 15) -> str:
+        """The last lines the process printed (stdout and stderr)."""
+        try:
+            with open(self.log_path or "", "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 8000))
+                return "\n".join(f.read().decode("utf-8", "replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
     def stop(self, sig_kill: bool = False) -> None:
         if self.popen.poll() is None:
             if sig_kill:
@@ -34,38 +48,55 @@ class Proc:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait(5)
+        if self.log_path:
+            with contextlib.suppress(OSError):
+                os.unlink(self.log_path)
 
 
 def _launch(
     cmd: list[str], env: dict | None = None, preexec_fn: Callable[[], None] | None = None
 ) -> subprocess.Popen:
-    """env: the whole environment when preexec_fn is given (a sandbox), else additions."""
-    return subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env if preexec_fn else {**os.environ, **(env or {})},
-        start_new_session=preexec_fn is None,
-        preexec_fn=preexec_fn,
-    )
+    """env: the whole environment when preexec_fn is given (a sandbox), else additions.
+    Output goes to a log file, never to a pipe: a pipe nobody reads fills up
+    (asyncio warnings, a student's print) and then blocks the process."""
+    fd, log = tempfile.mkstemp(prefix="nslab-serving-", suffix=".log")
+    try:
+        p = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=fd,
+            stderr=subprocess.STDOUT,
+            env=env if preexec_fn else {**os.environ, **(env or {})},
+            start_new_session=preexec_fn is None,
+            preexec_fn=preexec_fn,
+        )
+    except BaseException:
+        os.unlink(log)
+        raise
+    finally:
+        os.close(fd)
+    p.nslab_log = log  # type: ignore[attr-defined]
+    return p
 
 
 def _wait_ready(p: subprocess.Popen, what: str, timeout_s: float = 60.0) -> Proc:
+    proc = Proc(p, 0, what)
     deadline = time.monotonic() + timeout_s
-    assert p.stdout is not None
     while time.monotonic() < deadline:
-        r, _, _ = select.select([p.stdout], [], [], 0.1)
-        if r:
-            line = p.stdout.readline()
-            if line.startswith("READY "):
-                return Proc(p, int(line.split()[1]), what)
+        with open(proc.log_path or "", errors="replace") as f:
+            for line in f:
+                if line.startswith("READY "):
+                    proc.port = int(line.split()[1])
+                    proc.url = f"http://127.0.0.1:{proc.port}"
+                    return proc
         if p.poll() is not None:
-            err = p.stderr.read() if p.stderr else ""
-            raise NslabError(f"{what} exited with code {p.returncode} before ready: {err.strip()}")
-    p.kill()
-    p.wait()
-    raise NslabError(f"{what} not ready within {timeout_s:.0f} s")
+            err = proc.log_tail()
+            proc.stop()
+            raise NslabError(f"{what} exited with code {p.returncode} before ready:\n{err.strip()}")
+        time.sleep(0.05)
+    err = proc.log_tail()
+    proc.stop(sig_kill=True)
+    raise NslabError(f"{what} not ready within {timeout_s:.0f} s; its output:\n{err}")
 
 
 def _start(cmd: list[str], what: str, timeout_s: float = 60.0) -> Proc:

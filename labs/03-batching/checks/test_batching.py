@@ -90,6 +90,7 @@ def _observe(record, r) -> None:
     record.value("p50", round(r.latency["p50_ms"], 2), "ms")
     record.value("p99", round(r.latency["p99_ms"], 2), "ms")
     record.value("rejected", r.rejected)
+    record.value("answers by status", str(r.status_codes))
     record.cdf(f"latency at {TARGET_RATE:g} req/s", r.latencies_ms)
 
 

@@ -97,6 +97,7 @@ def _observe(record, name: str, r: load.LoadResult) -> None:
     record.value(f"{name} throughput", round(r.throughput, 1), "req/s")
     record.value(f"{name} rejected", r.rejected)
     record.value(f"{name} requests per pod", str(dict(sorted(r.per_pod.items()))))
+    record.value(f"{name} answers by status", str(r.status_codes))
 
 
 @pytest.mark.points(1)

@@ -7,6 +7,7 @@ import collections
 import json
 import threading
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -200,3 +201,27 @@ def test_dispatcher_survives_a_pod_dying(model_repo):  # noqa: F811
     assert metrics.value(m, "nslab_dispatch_pod_failures_total", pod="tsrv-k1") >= 1
     assert metrics.value(m, "nslab_dispatch_pod_healthy", pod="tsrv-k1") == 0
     assert r.per_pod.get("tsrv-k0", 0) > r.per_pod.get("tsrv-k1", 0)  # k1 served only ~1 s
+
+
+def test_a_failing_policy_gets_a_clear_500(three_pods, tmp_path):
+    pods, _ = three_pods
+    f = tmp_path / "tsrv_bad.py"
+    f.write_text(
+        "from nslab.serving.policies import Policy\n"
+        "class Bad(Policy):\n"
+        "    def choose(self, r, pods):\n"
+        "        return pods[7]\n"
+    )
+    d = local.start_dispatcher(pods, f"{f}:Bad")
+    body = json.dumps(
+        {"inputs": [{"name": "INPUT0", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]}
+    ).encode()
+    try:
+        req = urllib.request.Request(d.url + "/v2/models/digits/infer", body, method="POST")
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=5)
+        assert e.value.code == 500
+        assert "Bad.choose raised IndexError" in json.loads(e.value.read())["error"]
+        assert "IndexError" in d.log_tail()  # the traceback, for the student
+    finally:
+        d.stop()

@@ -20,6 +20,7 @@ import importlib.util
 import json
 import signal
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -195,7 +196,13 @@ class Dispatcher:
             candidates = [p for p in self.pods if p.healthy and id(p) not in tried]
             if not candidates:
                 break
-            pod = self.policy.choose(dreq, candidates)
+            try:
+                pod = self.policy.choose(dreq, candidates)
+            except Exception as exc:  # a student's policy: say where it failed
+                traceback.print_exc(file=sys.stderr)
+                return Response.error(
+                    500, f"policy {type(self.policy).__name__}.choose raised {exc!r}"
+                )
             if pod not in candidates:
                 return Response.error(
                     500, f"policy {type(self.policy).__name__} chose a pod not offered"

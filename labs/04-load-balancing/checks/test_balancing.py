@@ -57,7 +57,7 @@ def measure(lab, repo, fleet, policy: str) -> load.LoadResult:
             lab, repo, fleet, f"policies.py:{policy}", f"the dispatcher with your {policy}"
         )
     try:
-        return load.run(
+        r = load.run(
             d.url,
             "digits",
             rate=RATE,
@@ -68,6 +68,8 @@ def measure(lab, repo, fleet, policy: str) -> load.LoadResult:
             timeout_s=10,
             **MEASURE,
         )
+        r.dispatcher_log = d.log_tail(12) if r.errors else ""  # type: ignore[attr-defined]
+        return r
     finally:
         d.stop(sig_kill=True)
 
@@ -105,6 +107,8 @@ def test_policies_answer(lab, runs, record, expect):
     """requests through your policies are answered correctly"""
     for policy in ("PowerOfTwo", "JoinShortestQueue"):
         r = result(runs, policy)
+        if getattr(r, "dispatcher_log", ""):
+            record.note(f"{policy}: the dispatcher's last output:\n{r.dispatcher_log}")
         expect(r.ok, ">", 0, f"{policy}: successful inferences")
         expect(r.mismatches + r.errors, "==", 0, f"{policy}: failed or wrong answers")
 

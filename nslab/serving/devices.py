@@ -135,9 +135,11 @@ class CpuDevice(Device):
 
     def __init__(self, model: Model, instances: int = 1):
         super().__init__(model, instances)
-        # Heavy models run in threads (NumPy releases the GIL); tiny ones inline,
-        # where a thread hop would cost more than the compute.
-        self.pool = ThreadPoolExecutor(instances) if model.name == "cnn" else None
+        # Heavy models, or several instances, run in threads (NumPy releases the
+        # GIL); one instance of a tiny model runs inline, where a thread hop
+        # would cost more than the compute.
+        heavy = model.config.get("backend", model.name) == "cnn"
+        self.pool = ThreadPoolExecutor(instances) if heavy or instances > 1 else None
 
     async def run(self, inputs, batch):
         if self.pool is None:

@@ -23,6 +23,7 @@ import re
 import select
 import shlex
 import subprocess
+import termios
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -77,6 +78,10 @@ class NsHost(Host):
             "nslab:" + self.name,
         ]
         self.master, self.slave = pty.openpty()
+        # No echo from the start, so no `stty -echo` process per host later.
+        attrs = termios.tcgetattr(self.slave)
+        attrs[3] &= ~termios.ECHO
+        termios.tcsetattr(self.slave, termios.TCSANOW, attrs)
         self.shell = self._popen(
             cmd, stdin=self.slave, stdout=self.slave, stderr=self.slave, close_fds=False
         )
@@ -98,7 +103,10 @@ class NsHost(Host):
                 raise NslabError(f"host {self.name}: shell did not start")
             self.pollOut.poll(200)
         self.waiting = False
-        self.cmd("unset HISTFILE; stty -echo; set +m")
+        self.sendCmd("unset HISTFILE; set +m")  # builtins only; answered in finish_start()
+
+    def finish_start(self) -> None:
+        self.waitOutput()
 
 
 def listening(pid: int, port: int) -> bool:
@@ -216,6 +224,8 @@ class Builder:
         deadline = time.monotonic() + 30 + 0.05 * len(nodes)
         for h in self.hosts.values():
             h.wait_prompt(deadline)
+        for h in self.hosts.values():
+            h.finish_start()
 
     def start_containers(self, nodes: list[Node]) -> None:
         """Container nodes: Docker containers with no network of their own; the

@@ -60,9 +60,7 @@ def snapshot(include_netns: bool = True) -> dict[str, object]:
             if Path("/proc/sys", k).exists()
         },
         "nslab_procs": sorted(labelled_pids(None)),
-        "containers": sorted(
-            _out(["docker", "ps", "-aq", "--filter", "label=nslab.lab"]).split()
-        ),
+        "containers": sorted(_out(["docker", "ps", "-aq", "--filter", "label=nslab.lab"]).split()),
     }
     if include_netns:
         snap["netns"] = sorted(netns_inodes())

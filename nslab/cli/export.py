@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from nslab.cli._common import add_params
 from nslab.errors import NslabError
 from nslab.topo import list_topologies, load, parse_params, render, template
 from nslab.topo.export import dump_containerlab
@@ -21,14 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--list", action="store_true", help="list the known topologies and their parameters"
     )
-    p.add_argument(
-        "-p",
-        "--param",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="template parameter, repeatable (e.g. -p k=4)",
-    )
+    add_params(p)
     p.add_argument("--name", help="lab name to write instead of the file's `name`")
     p.add_argument(
         "--format",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from nslab.cli._common import add_params
 from nslab.topo import load, parse_params
 from nslab.topo.graph import render
 
@@ -13,14 +14,7 @@ HELP = "draw a topology as a picture (svg, png, pdf) or Graphviz DOT text"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("topology", metavar="TOPO", help="topology name (e.g. fat-tree, nfv) or file")
-    p.add_argument(
-        "-p",
-        "--param",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="template parameter, repeatable (e.g. -p k=4)",
-    )
+    add_params(p)
     p.add_argument("--name", help="lab name (changes only the title)")
     p.add_argument(
         "-o",

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from nslab.cli._common import add_params, parse_params
+from nslab.cli._common import add_params
 from nslab.engine import up
+from nslab.topo import parse_params
 
 VERB = "up"
 HELP = "bring up a topology as a running lab (returns when it is ready)"

@@ -36,7 +36,7 @@ class Pod(Kind):
     role = "host"
     allowed_keys = frozenset({"ip", "gateway", "interfaces"}) | _pod_keys()
     description = "host: an inference pod (OIP/KServe v2 model server with dynamic batching)"
-    graph_style = {"shape": "box3d", "style": "filled", "fillcolor": "#fde68a"}
+    graph_style = {"shape": "box3d", "style": "filled", "fillcolor": "#bbf7d0"}
 
     def _config(self, node: Node) -> dict:
         return {k: v for k, v in node.config.items() if k in _pod_keys()}

@@ -238,13 +238,13 @@ def test_sim_gpu_batch_time_follows_profile(model_repo):  # noqa: F811
         single = _infer_many(p.url, 15, 1)
         t1 = statistics.median(r["parameters"]["compute_us"] for _, r in single) / 1000
         full = [r for _, r in _infer_many(p.url, 48, 8)]
-    assert t1 == pytest.approx(22.0, abs=2.0), f"batch-1 service time {t1} ms, profile says 22 ms"
+    assert t1 == pytest.approx(22.0, abs=3.0), f"batch-1 service time {t1} ms, profile says 22 ms"
     by_size = {}
     for r in full:
         by_size.setdefault(r["parameters"]["batch_size"], []).append(r["parameters"]["compute_us"])
     assert 8 in by_size, f"no full batch of 8 formed: {sorted(by_size)}"
     t8 = statistics.median(by_size[8]) / 1000
-    assert t8 == pytest.approx(36.0, abs=3.0), f"batch-8 service time {t8} ms, profile says 36 ms"
+    assert t8 == pytest.approx(36.0, abs=4.0), f"batch-8 service time {t8} ms, profile says 36 ms"
 
 
 def test_batches_grow_under_load_and_delay_is_bounded(model_repo):  # noqa: F811
@@ -264,7 +264,7 @@ def test_batches_grow_under_load_and_delay_is_bounded(model_repo):  # noqa: F811
     assert light_bs == 1 and heavy_bs >= 8, (light_bs, heavy_bs)
     # A lone request waits max_queue_delay for company, then goes alone.
     q = statistics.median(r["parameters"]["queue_us"] for _, r in light) / 1000
-    assert 4.0 <= q <= 8.0, f"lone request queued {q} ms, max_queue_delay is 5 ms"
+    assert 4.0 <= q <= 10.0, f"lone request queued {q} ms, max_queue_delay is 5 ms"
     assert metrics.value(m, "nslab_batch_size_count") < 170  # fewer batches than requests
     assert max(r["parameters"]["batch_size"] for _, r in heavy) <= 16
 

@@ -132,7 +132,19 @@ def probe() -> list[Capability]:
     )
     caps.append(_rdma_capability())
     if gpu_present():
-        caps.append(Capability("gpu", "real", "NVIDIA GPU visible to nvidia-smi"))
+        from nslab.serving.devices import cuda_available
+
+        ok, why = cuda_available()
+        caps.append(
+            Capability("gpu", "real", f"NVIDIA GPU visible to nvidia-smi; cuda pods: {why}")
+            if ok
+            else Capability(
+                "gpu",
+                "fallback",
+                f"a GPU exists but {why}",
+                "pods with device: cuda cannot run; use cpu or sim-gpu",
+            )
+        )
     else:
         caps.append(
             Capability(

@@ -37,7 +37,9 @@ _TOP_KEYS = {
     "due",
     "variants",
 }
-_SERVICE_KEYS = {"name", "node", "command", "user", "port", "ready", "env"}
+_SERVICE_KEYS = {"name", "node", "command", "user", "port", "ready", "env", "caps"}
+# capabilities a sandboxed service may keep (ambient), e.g. an NF's raw sockets
+SERVICE_CAPS = ("net_raw", "net_admin", "net_bind_service")
 _READY_KEYS = {"port", "file", "log", "delay", "timeout"}
 _VARIANT_KEYS = {"params", "visibility", "weight"}
 _LIMIT_KEYS = {"cpu_s", "memory_mb", "nproc", "fsize_mb", "nofile", "disk_mb"}
@@ -70,6 +72,7 @@ class Service:
     port: bool = False  # True: the grader picks a free TCP port ({port}, $PORT)
     ready: Ready = field(default_factory=Ready)
     env: dict[str, str] = field(default_factory=dict)
+    caps: list[str] = field(default_factory=list)  # ambient capabilities of a student service
 
 
 @dataclass
@@ -332,6 +335,12 @@ def _service(p: _Problems, key: str, s: Any) -> Service:
     if not isinstance(env, dict):
         p.add(f"{key}.env", "must be a mapping NAME: value")
         env = {}
+    caps = s.get("caps") or []
+    if not isinstance(caps, list) or not all(c in SERVICE_CAPS for c in caps):
+        p.add(f"{key}.caps", f"must be a list of capabilities out of {', '.join(SERVICE_CAPS)}")
+        caps = []
+    if caps and user != "student":
+        p.add(f"{key}.caps", "only for user: student (a grader service runs as root anyway)")
     r = s.get("ready") or {}
     ready = Ready()
     if not isinstance(r, dict):
@@ -355,4 +364,5 @@ def _service(p: _Problems, key: str, s: Any) -> Service:
         port=port in ("auto", True),
         ready=ready,
         env={str(k): str(v) for k, v in env.items()},
+        caps=list(caps),
     )

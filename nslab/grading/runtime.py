@@ -129,7 +129,8 @@ class GradedLab:
         env = sandbox.student_env(str(self.submission), svc.env)
         # the engine's label: its teardown finds whatever runs in the lab
         env["NSLAB_LAB"] = self.instance
-        fmt = {"submission": str(self.submission)}
+        # {python}: the grader's interpreter, which has nslab (e.g. the NF toolkit)
+        fmt = {"submission": str(self.submission), "python": sys.executable}
         if svc.port:
             self.ports[svc.name] = free_port()
             env["PORT"] = str(self.ports[svc.name])
@@ -149,7 +150,7 @@ class GradedLab:
             env = dict(os.environ, PYTHONSAFEPATH="1", **svc.env)
             kw.update(cwd=str(self.spec.path), start_new_session=True, env=env)
             proc = self.popen(svc.node, argv, **kw)
-        elif svc.node is None:
+        elif svc.node is None and not svc.caps:
             kw["preexec_fn"] = sandbox.demote(self.user, self.limits, cwd=str(self.submission))
             proc = subprocess.Popen(argv, **kw)
         else:  # enter the node's namespace as root, then drop privileges
@@ -159,9 +160,14 @@ class GradedLab:
                 json.dumps(self.limits.as_dict()),
                 "--cwd",
                 str(self.submission),
-                "--",
             ]
-            proc = self.popen(svc.node, wrap + argv, start_new_session=True, **kw)
+            if svc.caps:
+                wrap += ["--caps", ",".join(svc.caps)]
+            wrap.append("--")
+            if svc.node is None:
+                proc = subprocess.Popen(wrap + argv, start_new_session=True, **kw)
+            else:
+                proc = self.popen(svc.node, wrap + argv, start_new_session=True, **kw)
         self.procs[svc.name] = proc
         self._wait_ready(svc, proc)
 

@@ -140,6 +140,7 @@ class Demote:
             raise NslabError(f"refusing to sandbox as '{user}': it is root")
         self.uid, self.gid, self.cwd, self.new_session = pw.pw_uid, pw.pw_gid, cwd, new_session
         self.rlimits = [(res, _clamped(res, v)) for res, v in (limits or Limits()).rlimits()]
+        self.switch_user = True  # False: the caller's exec (setpriv) switches user
 
     def __call__(self) -> None:
         if self.new_session:
@@ -149,7 +150,9 @@ class Demote:
                 pass  # already a session leader (e.g. Popen(start_new_session=True))
         for res, pair in self.rlimits:
             resource.setrlimit(res, pair)
-        if os.geteuid() == 0:
+        if not self.switch_user:
+            pass
+        elif os.geteuid() == 0:
             os.setgroups([])
             os.setgid(self.gid)
             os.setuid(self.uid)
@@ -297,17 +300,44 @@ def protect(path: Path) -> bool:
     return False
 
 
+def with_ambient_caps(uid: int, gid: int, caps: list[str], cmd: list[str]) -> list[str]:
+    """`cmd` run by setpriv as uid/gid holding only `caps` (ambient, so they
+    survive exec into python): e.g. an NF's raw sockets without root."""
+    plus = ",".join(f"+{c}" for c in caps)
+    return [
+        "setpriv",
+        f"--reuid={uid}",
+        f"--regid={gid}",
+        "--clear-groups",
+        f"--inh-caps=-all,{plus}",
+        f"--ambient-caps={plus}",
+        f"--bounding-set=-all,{plus}",  # setuid binaries cannot gain more either
+        "--",
+        *cmd,
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="exec a command as a sandboxed student user")
     ap.add_argument("--user", default=None)
     ap.add_argument("--limits", default="{}", help="JSON of Limits fields")
     ap.add_argument("--cwd", default=None)
+    ap.add_argument(
+        "--caps",
+        default="",
+        help="comma-separated capabilities the command keeps as ambient ones (e.g. net_raw,net_admin)",
+    )
     ap.add_argument("cmd", nargs=argparse.REMAINDER)
     a = ap.parse_args(argv)
     cmd = a.cmd[1:] if a.cmd[:1] == ["--"] else a.cmd
     if not cmd:
         ap.error("no command given")
-    demote(a.user or slot_user(None, 0), Limits.from_dict(json.loads(a.limits)), a.cwd)()
+    d = Demote(a.user or slot_user(None, 0), Limits.from_dict(json.loads(a.limits)), a.cwd, True)
+    caps = [c.strip() for c in a.caps.split(",") if c.strip()]
+    if caps:
+        cmd = with_ambient_caps(d.uid, d.gid, caps, cmd)
+        d.switch_user = False  # setpriv drops to the user, keeping only `caps`
+    d()
     try:
         os.execvp(cmd[0], cmd)
     except OSError as exc:

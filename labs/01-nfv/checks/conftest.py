@@ -263,19 +263,24 @@ def _client(lab, host: str, groups: list[dict]) -> dict[str, dict]:
     return {x["tag"]: x for x in json.loads(r.stdout)}
 
 
-def _stop_nf(lab, name: str) -> int | None:
-    """SIGTERM (never SIGKILL: the NF writes its report on the way out)."""
-    proc = lab.procs.get(name)
-    if proc is None or proc.poll() is not None:
-        return None if proc is None else proc.returncode
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    try:
-        return proc.wait(timeout=8)
-    except Exception:  # noqa: BLE001 - still running: the lab's teardown kills it
-        return None
+def _stop_nfs(lab) -> dict[str, int | None]:
+    """SIGTERM (never SIGKILL: an NF writes its report on the way out) to all
+    NFs at once, so that the captures end at about the moment the NFs do."""
+    procs = {nf: lab.procs.get(nf) for nf in NFS}
+    for p in procs.values():
+        if p is not None and p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    codes: dict[str, int | None] = {}
+    end = time.monotonic() + 10
+    for nf, p in procs.items():
+        try:
+            codes[nf] = None if p is None else p.wait(timeout=max(end - time.monotonic(), 0.1))
+        except Exception:  # noqa: BLE001 - still running: the lab's teardown kills it
+            codes[nf] = None
+    return codes
 
 
 @pytest.fixture(scope="session")
@@ -343,7 +348,7 @@ def nfv(lab, request) -> Observed:
         # its report covers what the captures saw
         for nf in NFS:
             _drain(lab, nf, 10.0)
-        nf_exit = {nf: _stop_nf(lab, nf) for nf in NFS}
+        nf_exit = _stop_nfs(lab)
     finally:
         for c in caps.values():
             c.stop()

@@ -309,26 +309,24 @@ def test_container_nodes_join_the_topology(tmp_path, nslab_images, inventory):
     assert_clean(inventory)
 
 
-def test_pod_nodes_serve_models_inside_the_topology(tmp_path, inventory):
-    """A `pod` node runs its model server in its own namespace; a client host
-    reaches it across an OVS switch with the Open Inference Protocol."""
+def test_pod_and_dispatcher_nodes_serve_inside_the_topology(tmp_path, inventory):
+    """`pod` nodes run model servers in their namespaces; a `dispatcher` node
+    routes a client's Open Inference Protocol requests to them across OVS."""
     topo = tmp_path / "pods.yaml"
     topo.write_text(
         "name: tepod\ntopology:\n  nodes:\n    s1: {kind: ovs-bridge}\n    client: {kind: linux}\n"
-        "    p1: {kind: pod, model: identity, device: cpu}\n"
+        "    fe: {kind: dispatcher, pods: [p1, p2], policy: round-robin}\n"
+        "    p1: {kind: pod, model: digits, device: cpu}\n"
         "    p2: {kind: pod, model: digits, device: sim-gpu, profile: fast, max_batch_size: 8}\n"
-        "  links:\n    - endpoints: [client:eth0, s1:eth1]\n"
-        "    - endpoints: [p1:eth0, s1:eth2]\n    - endpoints: [p2:eth0, s1:eth3]\n"
+        "  links:\n    - endpoints: [client:eth0, s1:eth1]\n    - endpoints: [fe:eth0, s1:eth2]\n"
+        "    - endpoints: [p1:eth0, s1:eth3]\n    - endpoints: [p2:eth0, s1:eth4]\n"
     )
     with up(str(topo), progress=None) as lab:
         ready = lab.exec(
             "client",
-            f"curl -s -m5 -o /dev/null -w %{{http_code}} "
-            f"http://{lab.ip('p1')}:8000/v2/health/ready",
+            f"curl -s -m5 -o /dev/null -w %{{http_code}} http://{lab.ip('p1')}:8000/v2/health/ready",
         )
         assert ready.stdout == "200", ready
-        meta = lab.exec("client", f"curl -s -m5 http://{lab.ip('p2')}:8000/v2/models/digits")
-        assert json.loads(meta.stdout)["name"] == "digits"
         body = json.dumps(
             {
                 "inputs": [
@@ -336,19 +334,24 @@ def test_pod_nodes_serve_models_inside_the_topology(tmp_path, inventory):
                 ]
             }
         )
-        r = lab.exec(
-            "client",
-            [
-                "curl",
-                "-s",
-                "-m5",
-                "-H",
-                "Content-Type: application/json",
-                "-d",
-                body,
-                f"http://{lab.ip('p2')}:8000/v2/models/digits/infer",
-            ],
-        )
-        outputs = {o["name"]: o for o in json.loads(r.stdout)["outputs"]}
-        assert outputs["PROBS"]["shape"] == [1, 10], r.stdout
+        for _ in range(4):
+            r = lab.exec(
+                "client",
+                [
+                    "curl",
+                    "-s",
+                    "-m5",
+                    "-H",
+                    "Content-Type: application/json",
+                    "-d",
+                    body,
+                    f"http://{lab.ip('fe')}:8080/v2/models/digits/infer",
+                ],
+            )
+            outputs = {o["name"]: o for o in json.loads(r.stdout)["outputs"]}
+            assert outputs["PROBS"]["shape"] == [1, 10], r.stdout
+        for pod in ("p1", "p2"):  # round-robin: both pods served some of the four
+            metrics = lab.exec("client", f"curl -s -m5 http://{lab.ip(pod)}:8000/metrics").stdout
+            served = [ln for ln in metrics.splitlines() if ln.startswith("nslab_requests_total")]
+            assert served and any(float(ln.split()[-1]) >= 1 for ln in served), metrics[:500]
     assert_clean(inventory)

@@ -466,7 +466,11 @@ class Builder:
     def start_services(self) -> None:
         """Processes that node kinds run in their nodes (e.g. a pod's model
         server), started once the network is up; ready when their port listens."""
-        todo = [(n, svc) for n in self.topo.nodes.values() for svc in get_kind(n.kind).services(n)]
+        todo = [
+            (n, svc)
+            for n in self.topo.nodes.values()
+            for svc in get_kind(n.kind).services(n, self.topo)
+        ]
         if not todo:
             return
         self.progress(f"starting {len(todo)} services")

@@ -54,7 +54,7 @@ class Kind:
         unless the message already starts with the node's origin)."""
         return []
 
-    def services(self, node: Node) -> list[Service]:
+    def services(self, node: Node, topo: Topology) -> list[Service]:
         """Long-running processes the engine starts in the node once its links
         are configured (e.g. a pod's model server). Default: none."""
         return []

@@ -24,6 +24,13 @@ if TYPE_CHECKING:
     from nslab.topo.model import Node, Topology
 
 
+def pod_port(node: Node) -> int:
+    """The TCP port a pod node serves on."""
+    from nslab.serving.pod import PodConfig
+
+    return PodConfig.from_dict({k: v for k, v in node.config.items() if k in _pod_keys()}).port
+
+
 def _pod_keys() -> frozenset[str]:
     from nslab.serving.pod import PodConfig
 
@@ -51,7 +58,7 @@ class Pod(Kind):
             return [str(exc)]
         return []
 
-    def services(self, node: Node) -> list[Service]:
+    def services(self, node: Node, topo: Topology) -> list[Service]:
         from nslab.serving.pod import PodConfig, command
 
         cfg = self._config(node)

@@ -259,7 +259,10 @@ def _client(lab, host: str, groups: list[dict]) -> dict[str, dict]:
     script = Path(__file__).with_name("nfv_client.py")
     r = lab.exec(host, [sys.executable, str(script), json.dumps(groups)], timeout=90)
     if r.returncode != 0:
-        raise RuntimeError(f"the grader's client failed in {host}: {r.stderr[-500:]}")
+        raise RuntimeError(
+            f"the grader's client in {host} exited with {r.returncode} "
+            f"(a negative status is a signal: something outside the lab killed it): {r.stderr[-500:]}"
+        )
     return {x["tag"]: x for x in json.loads(r.stdout)}
 
 

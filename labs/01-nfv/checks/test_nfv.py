@@ -65,7 +65,9 @@ def test_round_robin_at_sw3(nfv: Observed, record, expect):
     conns = [x for x in nfv.all_requests() if x[1]["host"] == VIP and x[1]["port"] == 80]
     made = [x for x in conns if x[2].get("connected")]
     expect(len(made), ">=", len(conns) // 2, "connections to VIP:80 the clients could open")
-    expect(len(order), "==", len(made), "new connections lb1 sent towards the backends")
+    # every opened connection passed lb1; a SYN whose handshake then timed out may add one
+    expect(len(order), ">=", len(made), "new connections lb1 sent towards the backends")
+    expect(len(order), "<=", len(conns), "new connections lb1 sent towards the backends")
     bad = [o for o in order if o not in BACKENDS.values()]
     assert not bad, f"expected SYNs to llm1-3 only, observed SYNs to {', '.join(sorted(set(bad)))}"
     names = list(BACKENDS.values())
@@ -128,11 +130,9 @@ def test_napt_source_address(nfv: Observed, record, expect):
     assert not wrong_src, (
         f"expected source {NAPT_OUT} on every packet to the VIP, observed {', '.join(wrong_src)}"
     )
+    # informative only: a NAPT may reuse a port once a connection is over
     ports = {p[TCP].sport for p in to_vip if TCP in p and p[TCP].flags == "S"}
     record.value("distinct source ports of new connections", len(ports))
-    expect(
-        len(ports), ">=", sent, "distinct NAPT source ports for concurrent and later connections"
-    )
 
 
 @pytest.mark.points(4)

@@ -130,14 +130,14 @@ def traffic_plan(params: dict[str, Any]) -> dict[str, list[dict]]:
     even = lambda xs: xs[0::2]  # noqa: E731
     return {
         "h1": [
-            {"parallel": False, "reqs": posts_of("pa", posts), "give_up": 3},
+            {"parallel": False, "reqs": posts_of("pa", posts), "give_up": 2},
             {"parallel": True, "reqs": even(inj) + even(bad) + probes[:2]},
-            {"parallel": False, "reqs": even(benign)},
+            {"parallel": False, "reqs": even(benign), "give_up": 1},
         ],
         "h2": [
-            {"parallel": False, "reqs": posts_of("pb", 2), "give_up": 3},
+            {"parallel": False, "reqs": posts_of("pb", 2), "give_up": 2},
             {"parallel": True, "reqs": odd(inj) + odd(bad) + probes[2:]},
-            {"parallel": False, "reqs": odd(benign)},
+            {"parallel": False, "reqs": odd(benign), "give_up": 1},
         ],
     }
 
@@ -333,7 +333,7 @@ def nfv(lab, request) -> Observed:
             )
         # warm-up: ARP along the chain (bounded; a student NF may never answer)
         warm = 0
-        while warm < 5:
+        while warm < 3:
             warm += 1
             if _ping(lab, "h1", VIP, 1) == 1:
                 break

@@ -205,9 +205,14 @@ def test_ids_passes_arp_icmp_handshakes(nfv: Observed, record, expect):
 @pytest.mark.points(3)
 def test_ids_admits_post_put_blocks_other_methods(nfv: Observed, record, expect):
     """the IDS admits POST and PUT and blocks other methods (nothing of them reaches lb1)"""
+    from scapy.layers.inet import TCP
+
     flows = flows_to(nfv.pcaps["to lb1"])
     tags = {f.tag for f in flows}
     bad = nfv.of_kind("bad")
+    # what the variant did to headers (TCP timestamps on/off): 20 or 32 bytes
+    hdr = sorted({4 * p[TCP].dataofs for p in nfv.pcaps["service side"] if TCP in p})
+    record.value("TCP header lengths on the service side", " ".join(map(str, hdr)), "bytes")
     answered = [f"{req['method']} ({h})" for h, req, res in bad if res.get("status") is not None]
     reached = [f"{req['method']} ({h})" for h, req, _ in bad if req["tag"] in tags]
     record.value("requests with other methods sent", len(bad))

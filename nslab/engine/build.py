@@ -16,12 +16,16 @@ teardown (nslab.engine.teardown) can remove exactly what was made.
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import json
 import os
 import pty
 import re
 import select
 import shlex
+import socket
+import struct
 import subprocess
 import termios
 import time
@@ -122,6 +126,45 @@ def listening(pid: int, port: int) -> bool:
             if parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:
                 return True
     return False
+
+
+SIOCETHTOOL = 0x8946
+# Legacy ethtool "set" commands (still honoured, mapped onto features by the kernel)
+ETHTOOL_STXCSUM, ETHTOOL_STSO, ETHTOOL_SGSO = 0x17, 0x1F, 0x24
+
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        raise OSError(ctypes.get_errno(), "setns failed")
+
+
+def offloads_off(ends: list[tuple[int, str]]) -> None:
+    """`ethtool -K IF tx off tso off gso off` for (pid, interface) pairs, each in
+    the network namespace of pid: ioctls from this thread, which visits each
+    namespace with setns(2), instead of one ethtool process per interface."""
+    if not ends:
+        return
+    home = os.open("/proc/self/ns/net", os.O_RDONLY)
+    try:
+        for pid, name in ends:
+            target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+            try:
+                _setns(target)
+                # A socket belongs to the namespace it was created in.
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                    for cmd in (ETHTOOL_STXCSUM, ETHTOOL_STSO, ETHTOOL_SGSO):
+                        value = ctypes.create_string_buffer(struct.pack("II", cmd, 0))
+                        ifreq = struct.pack("16sP", name.encode(), ctypes.addressof(value))
+                        fcntl.ioctl(sock, SIOCETHTOOL, ifreq)
+            finally:
+                os.close(target)
+    finally:
+        _setns(home)
+        os.close(home)
 
 
 def ofports_of(topo: Topology, node: str) -> dict[str, int]:
@@ -274,10 +317,13 @@ class Builder:
         return iface, f" netns {self.state.hosts[node]}"
 
     def create_links(self) -> None:
+        """Every veth pair is one line of a single `ip -batch`, each end created
+        directly in its node's namespace (moving devices between namespaces
+        costs an RCU grace period each: seconds at a thousand hosts)."""
         if not self.topo.links:
             return
         self.progress(f"creating {len(self.topo.links)} links")
-        lines, root = [], []
+        lines, root, no_offload = [], [], []
         for link in self.topo.links:
             (na, nsa), (nb, nsb) = (
                 self._end(link.a.node, link.a.iface),
@@ -285,15 +331,22 @@ class Builder:
             )
             root += [n for n, ns in ((na, nsa), (nb, nsb)) if not ns]
             lines.append(f"link add name {na}{nsa} type veth peer name {nb}{nsb}")
+            for ep, peer in ((link.a, link.b), (link.b, link.a)):
+                if (
+                    self.userspace_ovs
+                    and not self.in_root(ep.node)
+                    and self.topo.nodes[peer.node].kind == "ovs-bridge"
+                ):
+                    no_offload.append((self.state.hosts[ep.node], ep.iface))
         self.state.root_ifaces += root
         self.state.save()
         ip_batch(lines)
         ip_batch([f"link set {n} up" for n in root])
-        if root:
-            # No IPv6 autoconf chatter from switch ports: captures show only lab traffic.
-            run(
-                ["sysctl", "-qw"] + [f"net.ipv6.conf.{n}.disable_ipv6=1" for n in root], check=False
-            )
+        for n in root:  # no IPv6 autoconf chatter from switch ports in captures
+            Path(f"/proc/sys/net/ipv6/conf/{n}/disable_ipv6").write_text("1")
+        # OVS's userspace datapath does not finish checksums or segments that
+        # the kernel left to the NIC: without this, TCP through it stalls.
+        offloads_off(no_offload)
 
     def create_switches(self) -> None:
         ovs, brs = self.nodes_of("ovs-bridge"), self.nodes_of("bridge")
@@ -411,8 +464,7 @@ class Builder:
         """One shell line per host: bash builtins and a single `ip -batch`, because
         at a thousand hosts every extra process costs seconds."""
         ip = ["link set lo up"]
-        offload = []
-        for lo, remote in self.topo.neighbours(node.name):
+        for lo, _ in self.topo.neighbours(node.name):
             intf = node.interfaces.get(lo.iface)
             if intf and intf.mac:
                 ip.append(f"link set {lo.iface} address {intf.mac}")
@@ -420,22 +472,18 @@ class Builder:
             ip += [
                 f"addr add {i.with_prefixlen} dev {lo.iface}" for i in (intf.ips if intf else [])
             ]
-            if self.userspace_ovs and self.topo.nodes[remote.node].kind == "ovs-bridge":
-                # OVS's userspace datapath does not finish checksums/segments the
-                # kernel left to the NIC: without this, TCP stalls.
-                offload.append(f"ethtool -K {lo.iface} tx off tso off gso off >/dev/null 2>&1")
         if node.gateway:
             ip.append(f"route add default via {node.gateway}")
-        quoted = " ".join(shlex.quote(line) for line in ip)
-        cmds = [
-            # No IPv6 chatter (RS, MLD) in the lab's captures.
-            "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6",
-            "echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6",
-            f"printf '%s\\n' {quoted} | ip -batch -",
-            *offload,
-            "echo NSLAB-OK",
-        ]
-        return " && ".join(cmds)
+        batch = "\\n".join(ip)  # bash $'...' turns \n into newlines; ip lines hold no quotes
+        return " && ".join(
+            [
+                # No IPv6 chatter (RS, MLD) in the lab's captures.
+                "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6",
+                "echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6",
+                f"ip -batch - <<< $'{batch}'",
+                "echo NSLAB-OK",
+            ]
+        )
 
     def shape_links(self) -> None:
         shaped = [link for link in self.topo.links if link.params.is_shaped()]

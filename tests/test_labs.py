@@ -22,8 +22,8 @@ def test_solution_full_marks_starter_less(spec, tmp_path):
     if os.geteuid() != 0:
         pytest.skip("grading needs root")
     for part in ("solution", "starter", "checks"):
-        if not (spec.path / part).is_dir():
-            pytest.skip(f"{spec.id} has no {part}/ yet")
+        # The contract: a lab cannot land without all three (p4lang/tutorials' rule).
+        assert (spec.path / part).is_dir(), f"{spec.id} has no {part}/"
     out = tmp_path / "out"
     env = dict(os.environ, NSLAB_GRADE_PREFIX="tgrd", NSLAB_STUDENT_USER="tgrdlab")
     cmd = [

@@ -172,6 +172,9 @@ def _wait_for_state(name: str, field: str, timeout: float = 60) -> LabState:
 )
 def test_every_teardown_path_restores_the_host(inventory, how):
     name = "tetd"
+    others = set(lab_names()) - {name}
+    if how.endswith("down_all") and others:
+        pytest.skip(f"`down --all` would also stop the labs running here: {sorted(others)}")
     if how == "sigint_during_up":
         proc = _start_up_cli(name)
         _wait_for_state(name, "hosts")  # interrupted mid-build, once hosts exist

@@ -113,7 +113,13 @@ class Lab:
 
     def env(self) -> dict[str, str]:
         # The label lets teardown find whatever runs in the lab, and only that.
-        return {**os.environ, "NSLAB_LAB": self.name}
+        # The kit's own bin directory comes first on PATH, so that `nslab`,
+        # `python` and friends inside a node are the kit's even under plain sudo.
+        kit_bin = str(Path(sys.executable).parent)
+        path = os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        if kit_bin not in path.split(":"):
+            path = f"{kit_bin}:{path}"
+        return {**os.environ, "PATH": path, "NSLAB_LAB": self.name}
 
     def exec(
         self,

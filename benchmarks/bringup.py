@@ -80,6 +80,23 @@ def run_mininet(hosts: int, edges: int) -> tuple[float, float]:
     return t1 - t0, t2 - t1
 
 
+def settle(timeout: float = 120) -> None:
+    """Wait until the machine is quiet again: the kernel destroys namespaces and
+    ovs-vswitchd removes ports asynchronously after a teardown, and that work
+    must not be billed to the next side's bring-up."""
+    deadline = time.monotonic() + timeout
+    quiet_since = None
+    while time.monotonic() < deadline:
+        runnable = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+        if runnable <= 2:
+            quiet_since = quiet_since or time.monotonic()
+            if time.monotonic() - quiet_since >= 2:
+                return
+        else:
+            quiet_since = None
+        time.sleep(0.2)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -92,6 +109,7 @@ def main() -> None:
     results: dict[str, list[tuple[float, float]]] = {"nslab": [], "mininet": []}
     for i in range(args.repeat):
         for side, fn in (("nslab", run_nslab), ("mininet", run_mininet)):
+            settle()
             up_s, down_s = fn(args.hosts, edges)
             results[side].append((up_s, down_s))
             print(

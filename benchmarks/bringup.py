@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -80,21 +81,20 @@ def run_mininet(hosts: int, edges: int) -> tuple[float, float]:
     return t1 - t0, t2 - t1
 
 
-def settle(timeout: float = 120) -> None:
-    """Wait until the machine is quiet again: the kernel destroys namespaces and
-    ovs-vswitchd removes ports asynchronously after a teardown, and that work
-    must not be billed to the next side's bring-up."""
-    deadline = time.monotonic() + timeout
-    quiet_since = None
-    while time.monotonic() < deadline:
-        runnable = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
-        if runnable <= 2:
-            quiet_since = quiet_since or time.monotonic()
-            if time.monotonic() - quiet_since >= 2:
-                return
-        else:
-            quiet_since = None
-        time.sleep(0.2)
+def settle(timeout: float = 180) -> float:
+    """Wait until the kernel has finished tearing down: it destroys network
+    namespaces asynchronously, holding the RTNL lock in long stretches, so an
+    `ip` command that needs RTNL is slow until it is done. Returns the seconds
+    waited (part of the real cost of a teardown, reported separately)."""
+    t0 = time.monotonic()
+    fast = 0
+    while fast < 5 and time.monotonic() - t0 < timeout:
+        t = time.monotonic()
+        subprocess.run(["ip", "link", "add", "name", "nslabprobe", "type", "dummy"], check=False)
+        subprocess.run(["ip", "link", "del", "nslabprobe"], check=False)
+        fast = fast + 1 if time.monotonic() - t < 0.05 else 0
+        time.sleep(0.1)
+    return time.monotonic() - t0
 
 
 def main() -> None:
@@ -107,13 +107,16 @@ def main() -> None:
     args = ap.parse_args()
     edges = max(1, args.switches - 1)
     results: dict[str, list[tuple[float, float]]] = {"nslab": [], "mininet": []}
+    settles: dict[str, list[float]] = {"nslab": [], "mininet": []}
     for i in range(args.repeat):
         for side, fn in (("nslab", run_nslab), ("mininet", run_mininet)):
             settle()
             up_s, down_s = fn(args.hosts, edges)
             results[side].append((up_s, down_s))
+            settles[side].append(settle())
             print(
-                f"run {i + 1}/{args.repeat} {side:<8} up {up_s:7.2f} s  down {down_s:7.2f} s",
+                f"run {i + 1}/{args.repeat} {side:<8} up {up_s:7.2f} s  down {down_s:7.2f} s  "
+                f"(kernel busy {settles[side][-1]:.1f} s more)",
                 flush=True,
             )
     med = {
@@ -125,7 +128,10 @@ def main() -> None:
         f"(medians of {args.repeat}, {args.hosts} hosts, {args.switches} switches)"
     )
     for side, (u, d) in med.items():
-        print(f"{side:<9}{u:9.2f}{d:10.2f}{u + d:11.2f}")
+        print(
+            f"{side:<9}{u:9.2f}{d:10.2f}{u + d:11.2f}   "
+            f"then the kernel finished tearing down {statistics.median(settles[side]):.1f} s later"
+        )
     ratio = sum(med["nslab"]) / sum(med["mininet"])
     print(
         f"up_ratio={med['nslab'][0] / med['mininet'][0]:.2f} "

@@ -90,7 +90,21 @@ def settle(timeout: float = 180) -> float:
     fast = 0
     while fast < 5 and time.monotonic() - t0 < timeout:
         t = time.monotonic()
-        subprocess.run(["ip", "link", "add", "name", "nslabprobe", "type", "dummy"], check=False)
+        subprocess.run(
+            [
+                "ip",
+                "link",
+                "add",
+                "name",
+                "nslabprobe",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "nslabprobe1",
+            ],
+            check=False,
+        )
         subprocess.run(["ip", "link", "del", "nslabprobe"], check=False)
         fast = fast + 1 if time.monotonic() - t < 0.05 else 0
         time.sleep(0.1)

@@ -16,17 +16,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import signal
 import sys
 import traceback
-from pathlib import Path
 from typing import Any
 
 from nslab.errors import NslabError
 from nslab.serving import metrics as prom
 from nslab.serving.http import HttpError, Request, Response, serve
+from nslab.serving.plugins import class_from_file
 from nslab.serving.policies import POLICIES, DispatchRequest, PodView, Policy
 
 
@@ -34,21 +33,8 @@ def load_policy(spec: str) -> Policy:
     """A built-in policy name, or FILE.py:ClassName (students' policies)."""
     if spec in POLICIES:
         return POLICIES[spec]()
-    path, sep, cls_name = spec.rpartition(":")
-    if not sep or not path.endswith(".py"):
-        raise NslabError(
-            f"dispatch policy {spec!r}: use one of {', '.join(POLICIES)} or FILE.py:ClassName"
-        )
-    if not Path(path).is_file():
-        raise NslabError(f"dispatch policy file {path} does not exist")
-    mspec = importlib.util.spec_from_file_location(f"nslab_dispatch_{Path(path).stem}", path)
-    assert mspec and mspec.loader
-    mod = importlib.util.module_from_spec(mspec)
-    mspec.loader.exec_module(mod)
-    cls = getattr(mod, cls_name, None)
-    if cls is None:
-        raise NslabError(f"dispatch policy file {path} defines no class {cls_name!r}")
-    return cls()
+    hint = f"use one of {', '.join(POLICIES)} or FILE.py:ClassName"
+    return class_from_file(spec, "dispatch policy", hint, "nslab_dispatch_")()
 
 
 def parse_pods(spec: str | list) -> list[tuple[str, str]]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import signal
 import sys
@@ -38,6 +37,7 @@ from nslab.serving.batching import (
 from nslab.serving.devices import make_device
 from nslab.serving.http import Request, Response, serve
 from nslab.serving.metrics import Counter, Gauge, Histogram
+from nslab.serving.plugins import class_from_file
 
 
 @dataclass
@@ -102,19 +102,8 @@ def load_policy(spec: str, max_batch_size: int) -> BatchPolicy:
         return NoBatching()
     if spec == "triton":
         return TritonPolicy()
-    path, sep, cls_name = spec.rpartition(":")
-    if not sep or not path.endswith(".py"):
-        raise NslabError(f"batching policy {spec!r}: write it as FILE.py:ClassName")
-    if not Path(path).is_file():
-        raise NslabError(f"batching policy file {path} does not exist")
-    mod_spec = importlib.util.spec_from_file_location(f"nslab_policy_{Path(path).stem}", path)
-    assert mod_spec and mod_spec.loader
-    mod = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(mod)
-    cls = getattr(mod, cls_name, None)
-    if cls is None:
-        raise NslabError(f"batching policy file {path} defines no class {cls_name!r}")
-    return cls()
+    hint = "write it as FILE.py:ClassName"
+    return class_from_file(spec, "batching policy", hint, "nslab_policy_")()
 
 
 class BadRequest(Exception):

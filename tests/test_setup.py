@@ -58,3 +58,16 @@ def test_cli_lists_its_verbs():
     r = subprocess.run([sys.executable, "-m", "nslab", "--help"], capture_output=True, text=True)
     for verb in ("up", "down", "status", "exec", "shell", "doctor", "graph", "export"):
         assert verb in r.stdout, verb
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="the demo brings up a lab: needs root")
+def test_demo_shows_the_datacenter_working():
+    """What `sudo make demo` runs after provisioning."""
+    r = subprocess.run(
+        [sys.executable, "-m", "nslab.demo"], capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "all-pairs reachability: 12/12 pairs answered (0% loss)" in r.stdout
+    assert "iperf3 h1 (rack 1) -> h4 (rack 2)" in r.stdout
+    assert "lab demo is down" in r.stdout

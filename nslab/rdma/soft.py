@@ -44,6 +44,12 @@ READ_INFLIGHT_BYTES = 2 << 20  # bytes of outstanding READ responses (receive bu
 RNR_DELAY_S = 0.001
 IDLE_WAKE_S = 0.05  # the NIC thread looks at its timers at least this often
 BUSY_WAKE_S = 0.002  # ... and this often while an application thread busy-polls
+# After it handled packets, the NIC thread keeps polling the socket without
+# sleeping for this long: a request/response peer's next packet usually comes
+# within a round trip, and catching it here saves the wake-up from poll()
+# (like a NIC driver's adaptive/busy polling).
+# NSLAB_RDMA_SPIN_US=0 turns it off.
+RX_SPIN_S = float(os.environ.get("NSLAB_RDMA_SPIN_US", "200")) / 1e6
 
 
 class VerbsError(NslabError):
@@ -249,8 +255,19 @@ class Context:
                 except BlockingIOError:
                     pass
             with self.lock:
-                self._drain()
+                got = self._drain()
                 self._timers()
+            if got and RX_SPIN_S > 0 and not self.busy_pollers:
+                self._spin_rx()
+
+    def _spin_rx(self) -> None:
+        """Poll the socket without sleeping for RX_SPIN_S (lock taken per try,
+        so application threads can post in between)."""
+        now, lock, drain = time.monotonic, self.lock, self._drain
+        end = now() + RX_SPIN_S
+        while not self._closed and not self.busy_pollers and now() < end:
+            with lock:
+                drain()
 
     def _drain(self) -> int:
         """Receive and process what is queued on the socket (caller holds the lock)."""

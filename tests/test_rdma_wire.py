@@ -10,6 +10,7 @@ from scapy.contrib.roce import BTH
 from scapy.layers.inet import IP, UDP
 
 import nslab.rdma.enums as e
+from nslab.errors import NslabError
 from nslab.rdma import cm, provider_info
 from nslab.rdma import soft as v
 from nslab.rdma import wire as w
@@ -150,3 +151,12 @@ def test_provider_info_reports_a_status():
     info = provider_info()
     assert info["status"] in ("real", "fallback", "missing")
     assert info["detail"]
+
+
+def test_bad_spin_window_setting_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("NSLAB_RDMA_SPIN_US", "fast")
+    with pytest.raises(NslabError, match="NSLAB_RDMA_SPIN_US='fast'"):
+        v.Context("trdma-spin", addr="127.0.0.1", port=0)
+    monkeypatch.setenv("NSLAB_RDMA_SPIN_US", "0")
+    with v.Context("trdma-spin", addr="127.0.0.1", port=0) as ctx:
+        assert ctx.rx_spin_s == 0

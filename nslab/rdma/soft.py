@@ -48,8 +48,24 @@ BUSY_WAKE_S = 0.002  # ... and this often while an application thread busy-polls
 # sleeping for this long: a request/response peer's next packet usually comes
 # within a round trip, and catching it here saves the wake-up from poll()
 # (like a NIC driver's adaptive/busy polling).
-# NSLAB_RDMA_SPIN_US=0 turns it off.
-RX_SPIN_S = float(os.environ.get("NSLAB_RDMA_SPIN_US", "200")) / 1e6
+# NSLAB_RDMA_SPIN_US sets it in microseconds (0 turns it off).
+RX_SPIN_US_DEFAULT = 200.0
+
+
+def _rx_spin_s() -> float:
+    raw = os.environ.get("NSLAB_RDMA_SPIN_US", "")
+    if not raw:
+        return RX_SPIN_US_DEFAULT / 1e6
+    try:
+        us = float(raw)
+    except ValueError:
+        us = -1.0
+    if not 0 <= us <= 1e6:
+        raise NslabError(
+            f"NSLAB_RDMA_SPIN_US={raw!r}: expected microseconds between 0 and 1000000 "
+            f"(0 turns the NIC thread's polling window off; unset = {RX_SPIN_US_DEFAULT:g})"
+        )
+    return us / 1e6
 
 
 class VerbsError(NslabError):
@@ -165,6 +181,7 @@ class Context:
     def __init__(self, name: str = "soft0", addr: str = "0.0.0.0", port: int = w.ROCEV2_PORT, rcvbuf: int = 8 << 20):  # fmt: skip
         self.name = name
         self.provider = "soft"
+        self.rx_spin_s = _rx_spin_s()  # before any resource: a bad value leaks nothing
         self.lock = threading.RLock()
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         # DF on, unconnected: Linux then sends IP ID 0, which the ICRC covers.
@@ -257,14 +274,14 @@ class Context:
             with self.lock:
                 got = self._drain()
                 self._timers()
-            if got and RX_SPIN_S > 0 and not self.busy_pollers:
+            if got and self.rx_spin_s > 0 and not self.busy_pollers:
                 self._spin_rx()
 
     def _spin_rx(self) -> None:
-        """Poll the socket without sleeping for RX_SPIN_S (lock taken per try,
+        """Poll the socket without sleeping for rx_spin_s (lock taken per try,
         so application threads can post in between)."""
         now, lock, drain = time.monotonic, self.lock, self._drain
-        end = now() + RX_SPIN_S
+        end = now() + self.rx_spin_s
         while not self._closed and not self.busy_pollers and now() < end:
             with lock:
                 drain()

@@ -346,9 +346,7 @@ def down_all(progress: Progress = lambda m: None) -> list[str]:
             td.teardown(LabState.load(name), progress)
         stopped.append(name)
     # Leftovers labelled by labs whose state file is gone (e.g. /run was wiped).
-    leftovers = set(td.labelled_pids(None).values()) | {
-        _lab_of_bridge(b) for b in td.ovs_bridges_of(None)
-    }
+    leftovers = set(td.labelled_pids(None).values()) | set(td.ovs_bridge_labs().values())
     for lab in sorted(leftovers - set(stopped) - {""}):
         td.teardown(LabState(name=lab), progress)
         stopped.append(lab)
@@ -359,12 +357,3 @@ def down_all(progress: Progress = lambda m: None) -> list[str]:
     except ImportError:
         pass
     return stopped
-
-
-def _lab_of_bridge(bridge: str) -> str:
-    r = subprocess.run(
-        ["ovs-vsctl", "--timeout=5", "br-get-external-id", bridge, "nslab-lab"],
-        capture_output=True,
-        text=True,
-    )
-    return r.stdout.strip()

@@ -72,8 +72,8 @@ def kill_labelled(lab: str, timeout: float = 10) -> None:
         time.sleep(0.05)
 
 
-def ovs_bridges_of(lab: str | None) -> list[str]:
-    """OVS bridges labelled external-ids:nslab-lab (=lab, or any nslab lab)."""
+def ovs_bridge_labs() -> dict[str, str]:
+    """Every OVS bridge labelled external-ids:nslab-lab, with its lab."""
     r = subprocess.run(
         [
             "ovs-vsctl",
@@ -87,13 +87,18 @@ def ovs_bridges_of(lab: str | None) -> list[str]:
         text=True,
     )
     if r.returncode != 0 or not r.stdout:
-        return []
-    names = []
+        return {}
+    out = {}
     for name, ext in json.loads(r.stdout)["data"]:
         labels = dict(ext[1]) if ext and ext[0] == "map" else {}
-        if "nslab-lab" in labels and (lab is None or labels["nslab-lab"] == lab):
-            names.append(name)
-    return names
+        if "nslab-lab" in labels:
+            out[name] = labels["nslab-lab"]
+    return out
+
+
+def ovs_bridges_of(lab: str) -> list[str]:
+    """OVS bridges labelled as belonging to `lab`."""
+    return [br for br, owner in ovs_bridge_labs().items() if owner == lab]
 
 
 def existing_links(names: list[str]) -> list[str]:

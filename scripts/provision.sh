@@ -13,7 +13,7 @@ SYS_PY=/usr/bin/python3   # Mininet's python; never a pyenv/conda interpreter
 PKGS=(mininet openvswitch-switch openvswitch-common iproute2 iputils-ping ethtool
       iperf3 tcpdump tshark iptables nftables bridge-utils procps
       docker.io debootstrap graphviz python3-venv python3-pip python3-dev python3-setuptools
-      socat curl ca-certificates
+      socat curl ca-certificates bubblewrap
       vagrant)  # vagrant: only to validate the Vagrantfile in the test suite
 
 log() { printf '[provision] %s\n' "$*"; }
@@ -31,8 +31,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
   log "installing: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
-  apt-get update -q
-  apt-get install -y -q --no-install-recommends "${missing[@]}"
+  # Wait for the dpkg lock instead of failing when another apt run holds it.
+  apt-get -o DPkg::Lock::Timeout=600 update -q
+  apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${missing[@]}"
 else
   log "distro packages present"
 fi

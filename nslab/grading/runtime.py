@@ -249,6 +249,30 @@ class GradedLab:
                 self.engine = None
 
     # -- what checks use --------------------------------------------------
+    def student_command(
+        self,
+        argv: list[str],
+        *,
+        caps: tuple[str, ...] | list[str] = (),
+        binds: tuple[str, ...] | list[str] = (),
+        role: str = "student",
+    ) -> list[str]:
+        """`argv` wrapped so that it runs as sandboxed student code: the slot's
+        user, the lab's limits, its own cgroup (`role`) and file-system view
+        (the submission's work dir, a private /tmp, and the extra paths in
+        `binds`, read-write). Run it with `lab.popen(node, ...)` or
+        subprocess.Popen, with `lab.student_env()`. Start every piece of
+        student code through this one function."""
+        wrap = [sys.executable, "-m", "nslab.grading.sandbox", "--user", self.user]
+        wrap += ["--limits", json.dumps(self.limits.as_dict()), "--cwd", str(self.submission)]
+        if caps:
+            wrap += ["--caps", ",".join(caps)]
+        return [*wrap, "--", *argv]
+
+    def student_env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """The environment of student code: nothing of the grader's leaks in."""
+        return sandbox.student_env(str(self.submission), extra)
+
     def alive(self, service: str) -> bool:
         p = self.procs.get(service)
         return p is not None and p.poll() is None

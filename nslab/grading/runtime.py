@@ -269,6 +269,12 @@ class GradedLab:
             wrap += ["--caps", ",".join(caps)]
         return [*wrap, "--", *argv]
 
+    def kill_student(self) -> None:
+        """Kill every process of this submission's student code (forked
+        children included) and wait until they are gone: call it before the
+        grader measures a baseline."""
+        sandbox.kill_user_processes(self.user)
+
     def student_env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         """The environment of student code: nothing of the grader's leaks in."""
         return sandbox.student_env(str(self.submission), extra)

@@ -9,6 +9,8 @@ import shutil
 import signal
 from pathlib import Path
 
+from nslab import cgroup
+from nslab.engine.state import RUN_DIR
 from nslab.errors import NslabError
 from nslab.grading import sandbox
 from nslab.grading.runner import PREFIX_ENV
@@ -17,7 +19,7 @@ from nslab.labs import LabSpec, find_lab, list_labs
 
 VERB = "lab"
 HELP = "list labs, start one with your submission in place (it stays up), stop it"
-STATE_DIR = Path("/run/nslab-labs")
+STATE_DIR = RUN_DIR / "labs"  # lab start/stop records, beside the engine's
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -134,6 +136,8 @@ def _stop(spec: LabSpec) -> int:
                 os.killpg(pid, signal.SIGKILL)
         except (OSError, KeyError):
             pass
+    # The lab's cgroup owns every process it started: the grader's services too.
+    cgroup.kill(state["instance"])
     sandbox.kill_user_processes(state["user"])
     if spec.topology:
         from nslab.engine import Lab

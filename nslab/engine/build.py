@@ -569,8 +569,7 @@ class Builder:
             port,
             self.state.dir / "fabric.json",
             self.state.dir / "controller.log",
-            user=opts.get("user"),
-            preexec=opts.get("preexec"),
+            wrap=opts.get("wrap"),
         )
         self.state.procs.append(proc_of(proc.pid, "controller"))
         self.state.save()

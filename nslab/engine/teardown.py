@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from nslab import cgroup
 from nslab.engine import sysctl
 from nslab.engine.state import LabState, proc_start_time
 
@@ -109,6 +110,8 @@ def teardown(state: LabState, progress: Callable[[str], None] = lambda m: None) 
     lab = state.name
     progress(f"stopping lab {lab}")
     # Processes first: host shells die, their namespaces and veths go with them.
+    # The lab's cgroup holds all of them, forked children and daemons included.
+    cgroup.kill(lab)
     for p in state.procs:
         if p.alive():
             try:

@@ -4,7 +4,6 @@ sandboxed. Checks see it as the `lab` fixture."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -99,7 +98,7 @@ class GradedLab:
                 # fails twice, deterministically.
                 if attempt == 2:
                     raise
-                sandbox.kill_user_processes(self.user)
+                self.kill_student()
                 time.sleep(1)
 
     def _up(self, up: Any, ctrl: str | None) -> None:
@@ -109,27 +108,31 @@ class GradedLab:
                 params=self.params,
                 name=self.instance,
                 controller=ctrl,
-                controller_user=self.user if ctrl else None,
-                controller_preexec=(
-                    sandbox.demote(
-                        self.user, self.limits, cwd=str(self.submission), new_session=False
-                    )
-                    if ctrl
-                    else None
-                ),
+                controller_wrap=self._controller_wrap() if ctrl else None,
             )
         except NslabError as exc:
             log = ""
-            state_log = Path("/run/nslab") / self.instance / "controller.log"
+            from nslab.engine.state import RUN_DIR
+
+            state_log = RUN_DIR / self.instance / "controller.log"
             if state_log.exists():
                 log = "\nlast lines of the controller's log:\n" + _tail(state_log)
             raise LabStartError(f"the lab did not come up: {exc}{log}") from None
 
+    def _controller_wrap(self) -> list[str]:
+        """The sandbox of the student's controller app: its log and the
+        fabric description live in the lab's state dir, shown to it alone."""
+        from nslab.engine.state import RUN_DIR
+
+        state = RUN_DIR / self.instance
+        return self.student_command(
+            [], role="controller", binds=[str(state / "controller.log")],
+            ro_binds=[str(state / "fabric.json")],
+        )  # fmt: skip
+
     def _start_service(self, svc: Service) -> None:
-        env = sandbox.student_env(str(self.submission), svc.env)
-        # the engine's label: its teardown finds whatever runs in the lab
-        env["NSLAB_LAB"] = self.instance
-        # {python}: the grader's interpreter, which has nslab (e.g. the NF toolkit)
+        env = self.student_env(svc.env)
+        # {python}: the kit's interpreter, which has nslab (e.g. the NF toolkit)
         fmt = {"submission": str(self.submission), "python": sys.executable}
         if svc.port:
             self.ports[svc.name] = free_port()
@@ -142,34 +145,24 @@ class GradedLab:
         log = open(self.logs_dir / f"{svc.name}.log", "w")  # noqa: SIM115 - closed in stop()
         self._logs[svc.name] = log
         kw: dict[str, Any] = dict(
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         if svc.user == "grader":
-            # Trusted lab code as root: never from the student's dir (python -m would
-            # put it first on sys.path, and a student's module would run as root).
+            # Trusted lab code as root, in the lab's `services` cgroup; never
+            # from the student's dir (python -m would put it first on sys.path).
             env = dict(os.environ, PYTHONSAFEPATH="1", **svc.env)
-            kw.update(cwd=str(self.spec.path), start_new_session=True, env=env)
+            kw.update(cwd=str(self.spec.path), env=env, preexec_fn=self._joiner("services"))
             proc = self.popen(svc.node, argv, **kw)
-        elif svc.node is None and not svc.caps:
-            kw["preexec_fn"] = sandbox.demote(self.user, self.limits, cwd=str(self.submission))
-            proc = subprocess.Popen(argv, **kw)
-        else:  # enter the node's namespace as root, then drop privileges
-            wrap = [sys.executable, "-m", "nslab.grading.sandbox", "--user", self.user]
-            wrap += [
-                "--limits",
-                json.dumps(self.limits.as_dict()),
-                "--cwd",
-                str(self.submission),
-            ]
-            if svc.caps:
-                wrap += ["--caps", ",".join(svc.caps)]
-            wrap.append("--")
-            if svc.node is None:
-                proc = subprocess.Popen(wrap + argv, start_new_session=True, **kw)
-            else:
-                proc = self.popen(svc.node, wrap + argv, start_new_session=True, **kw)
+        else:
+            argv = self.student_command(argv, caps=svc.caps, role=svc.name)
+            proc = self.popen(svc.node, argv, env=env, **kw)
         self.procs[svc.name] = proc
         self._wait_ready(svc, proc)
+
+    def _joiner(self, role: str) -> Any:
+        from nslab import cgroup
+
+        return cgroup.joiner(self.instance, role) if cgroup.available() else None
 
     def _wait_ready(self, svc: Service, proc: subprocess.Popen) -> None:
         r = svc.ready
@@ -230,7 +223,11 @@ class GradedLab:
             except subprocess.TimeoutExpired:
                 pass
         self.procs.clear()
-        sandbox.kill_user_processes(self.user)
+        self.kill_student()
+        from nslab import cgroup
+
+        if cgroup.available():
+            cgroup.kill(self.instance, "services")
         for f in self._logs.values():
             f.close()
         self._logs.clear()
@@ -255,24 +252,34 @@ class GradedLab:
         *,
         caps: tuple[str, ...] | list[str] = (),
         binds: tuple[str, ...] | list[str] = (),
-        role: str = "student",
+        ro_binds: tuple[str, ...] | list[str] = (),
+        role: str = "code",
     ) -> list[str]:
         """`argv` wrapped so that it runs as sandboxed student code: the slot's
-        user, the lab's limits, its own cgroup (`role`) and file-system view
-        (the submission's work dir, a private /tmp, and the extra paths in
-        `binds`, read-write). Run it with `lab.popen(node, ...)` or
-        subprocess.Popen, with `lab.student_env()`. Start every piece of
-        student code through this one function."""
-        wrap = [sys.executable, "-m", "nslab.grading.sandbox", "--user", self.user]
-        wrap += ["--limits", json.dumps(self.limits.as_dict()), "--cwd", str(self.submission)]
-        if caps:
-            wrap += ["--caps", ",".join(caps)]
-        return [*wrap, "--", *argv]
+        user, the lab's limits, the cgroup `nslab.slice/<lab>/student/<role>`
+        and a file-system view of its own (the submission's work dir, a
+        private /tmp, the kit's public packages, and the extra paths in
+        `binds` read-write and `ro_binds` read-only). Run it with
+        `lab.popen(node, ...)` or subprocess.Popen, with `lab.student_env()`.
+        Every piece of student code starts through this one function."""
+        return sandbox.wrapper_argv(
+            user=self.user,
+            limits=self.limits,
+            cwd=str(self.submission),
+            cgroup=f"{self.instance}/student/{role}",
+            caps=caps,
+            binds=[str(b) for b in binds],
+            ro_binds=[str(b) for b in ro_binds],
+        ) + list(argv)
 
     def kill_student(self) -> None:
         """Kill every process of this submission's student code (forked
         children included) and wait until they are gone: call it before the
         grader measures a baseline."""
+        from nslab import cgroup
+
+        if cgroup.available():
+            cgroup.kill(self.instance, "student")
         sandbox.kill_user_processes(self.user)
 
     def student_env(self, extra: dict[str, str] | None = None) -> dict[str, str]:

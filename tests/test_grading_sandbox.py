@@ -266,3 +266,33 @@ def test_refuses_root():
     with pytest.raises(sandbox.NslabError, match="root"):
         sandbox.demote("root")
     assert ECHO.is_dir()
+
+
+@pytest.mark.skipif(not cgroup.available(), reason="no writable cgroup v2 tree")
+def test_freezing_student_code_stops_it_while_the_grader_measures(user):
+    """GradedLab.student_frozen: a spinning student process gets no CPU while frozen."""
+    wd = sandbox.make_workdir("/tmp", "tgrd-frz-", user, sandbox.Limits(), None)
+    lab = f"tgrdfz{os.getpid()}"
+    argv = sandbox.wrapper_argv(
+        user=user, limits=sandbox.Limits(), cwd=str(wd), cgroup=f"{lab}/student/spin"
+    )
+    proc = subprocess.Popen([*argv, sys.executable, "-c", "while True: pass"],
+                            env=sandbox.student_env(str(wd)))  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while cgroup.usage(lab, "student").get("cpu_s", 0) < 0.2:
+            assert time.monotonic() < deadline and proc.poll() is None, "it never ran"
+            time.sleep(0.05)
+        cgroup.freeze(lab, "student", True)
+        frozen_at = cgroup.usage(lab, "student")["cpu_s"]
+        time.sleep(0.5)
+        assert cgroup.usage(lab, "student")["cpu_s"] - frozen_at < 0.05
+        cgroup.freeze(lab, "student", False)
+        deadline = time.monotonic() + 10
+        while cgroup.usage(lab, "student")["cpu_s"] - frozen_at < 0.1:
+            assert time.monotonic() < deadline, "it did not resume"
+            time.sleep(0.05)
+    finally:
+        cgroup.kill(lab)
+        proc.wait(timeout=10)
+        sandbox.remove_workdir(wd)

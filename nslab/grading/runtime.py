@@ -4,6 +4,8 @@ sandboxed. Checks see it as the `lab` fixture."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import shutil
@@ -13,6 +15,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -223,6 +226,9 @@ class GradedLab:
             except subprocess.TimeoutExpired:
                 pass
         self.procs.clear()
+        used = self.usage()
+        if used:  # for the TA: logs/<variant>/usage.json
+            (self.logs_dir / "usage.json").write_text(json.dumps(used, indent=1))
         self.kill_student()
         from nslab import cgroup
 
@@ -271,6 +277,28 @@ class GradedLab:
             binds=[str(b) for b in binds],
             ro_binds=[str(b) for b in ro_binds],
         ) + list(argv)
+
+    @contextlib.contextmanager
+    def student_frozen(self) -> Iterator[None]:
+        """Every student process stopped (cgroup.freeze) while the grader
+        measures something the submission must not disturb, e.g. a baseline."""
+        from nslab import cgroup
+
+        frozen = cgroup.exists(self.instance, "student")
+        if frozen:
+            cgroup.freeze(self.instance, "student", True)
+        try:
+            yield
+        finally:
+            if frozen and cgroup.exists(self.instance, "student"):
+                cgroup.freeze(self.instance, "student", False)
+
+    def usage(self) -> dict[str, float]:
+        """What the submission's code used so far: peak memory (MB), CPU
+        seconds, live processes (from its cgroup; empty without cgroups)."""
+        from nslab import cgroup
+
+        return cgroup.usage(self.instance, "student") if cgroup.exists(self.instance) else {}
 
     def kill_student(self) -> None:
         """Kill every process of this submission's student code (forked

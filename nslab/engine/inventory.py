@@ -81,7 +81,7 @@ def diff(
     out = {}
     for k in before.keys() | after.keys():
         b, a = before.get(k), after.get(k)
-        if ignore and k in ("netns", "containers", "nslab_procs", "cgroup_procs"):
+        if ignore and k in ("netns", "containers", "nslab_procs", "cgroup_procs", "sysctls"):
             continue
         if ignore and isinstance(b, list) and isinstance(a, list):
             b = [x for x in b if not str(x).startswith(ignore) and "(id:" not in str(x)]

@@ -22,6 +22,7 @@ from nslab import host as hostcaps
 from nslab.engine import teardown as td
 from nslab.engine.state import LabState, lab_names
 from nslab.errors import CapabilityError, NslabError
+from nslab.kinds import all_kinds, by_kind
 from nslab.kinds import get as get_kind
 from nslab.topo.model import Topology
 from nslab.topo.names import bridge_name, root_ifname
@@ -228,22 +229,14 @@ def check_capabilities(topo: Topology, allow_degraded: bool) -> list[str]:
             "\n".join(problems) + "\nrun with --allow-degraded to bring the lab "
             "up without them (checks that need them will be skipped)"
         )
-    if any(n.kind == "ovs-bridge" for n in topo.nodes.values()) and not hostcaps.ovs_running():
-        raise CapabilityError("Open vSwitch is not running: run `sudo make provision`")
     return problems
 
 
-def resolve_images(topo: Topology, progress: Progress) -> None:
-    """Container nodes: map `nslab/<name>` to its current hash tag, building it
-    first if needed (offline, from the local base), before anything is created."""
-    nodes = [n for n in topo.nodes.values() if n.image]
-    if not nodes:
-        return
-    from nslab import containers, images
-
-    containers.require_docker()
-    for n in nodes:
-        n.image = images.resolve(n.image, progress=progress)
+def prepare_kinds(topo: Topology, progress: Progress) -> None:
+    """Each kind checks what the host must offer its nodes, and gets ready
+    (e.g. builds an image), before anything is created."""
+    for kind, nodes in by_kind(topo):
+        kind.prepare(nodes, progress)
 
 
 def up(
@@ -275,7 +268,7 @@ def up(
         progress(f"cleaning up what a crashed lab '{name}' left behind")
         old.down(progress)
     degraded = check_capabilities(topo, allow_degraded)
-    resolve_images(topo, progress)
+    prepare_kinds(topo, progress)
     state = LabState(name=name, topology=topo.source, params=dict(topo.params), degraded=degraded)
     state.dir.mkdir(parents=True, exist_ok=True)
     os.chmod(state.dir, 0o755)
@@ -359,7 +352,9 @@ def down_all(progress: Progress = lambda m: None) -> list[str]:
             td.teardown(LabState.load(name), progress)
         stopped.append(name)
     # Leftovers labelled by labs whose state file is gone (e.g. /run was wiped).
-    leftovers = set(cgroup.labs()) | set(td.ovs_bridge_labs().values())
+    leftovers = set(cgroup.labs())
+    for kind in all_kinds().values():
+        leftovers |= kind.owners()
     if not cgroup.available():  # no cgroups: the process label is all there is
         leftovers |= set(td.labelled_pids(None).values())
     for lab in sorted(leftovers - set(stopped) - {""}):

@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 from nslab.errors import NslabError
 from nslab.grading import sandbox
+from nslab.kinds import get as get_kind
 from nslab.labs import LabSpec, Service, Variant
 from nslab.measure.iperf import free_port
 
@@ -370,15 +371,19 @@ class GradedLab:
         return ip
 
     def hosts(self) -> list[str]:
-        """Names of the topology's host nodes (kind linux), in file order."""
+        """Names of the topology's host nodes (every host kind), in file order."""
         if self.engine is None:
             return []
-        return [n for n, node in self.engine.topology.nodes.items() if node.kind == "linux"]
+        return [
+            n
+            for n, node in self.engine.topology.nodes.items()
+            if get_kind(node.kind).role == "host"
+        ]
 
     def switches(self) -> list[str]:
         if self.engine is None:
             return []
-        return [n for n, node in self.engine.topology.nodes.items() if node.kind == "ovs-bridge"]
+        return [n for n, node in self.engine.topology.nodes.items() if get_kind(node.kind).openflow]
 
     def __getattr__(self, name: str) -> Any:
         # engine Lab attributes: topology, ifname, bridge, ofport, controller_log, ...

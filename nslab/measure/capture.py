@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nslab.kinds import get as get_kind
 from nslab.measure.runner import LocalRunner, MeasureError, Runner
 
 
@@ -122,6 +123,8 @@ def capture(runner: Runner | None, where: str, bpf: str = "", **kw: Any) -> Capt
     if ":" in where and runner is not None and hasattr(runner, "ifname"):
         n, i = where.split(":", 1)
         iface = runner.ifname(n, i)
-        kind = runner.topology.nodes[n].kind if hasattr(runner, "topology") else "linux"
-        node = None if kind in ("ovs-bridge", "bridge") else n
+        in_root = (
+            hasattr(runner, "topology") and get_kind(runner.topology.nodes[n].kind).root_namespace
+        )
+        node = None if in_root else n
     return Capture(iface, bpf, runner=runner, node=node, **kw)

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from nslab.nf.netns import NetnsSet, wait_for
+from nslab.nf.netns import NetnsSet
+from nslab.wait import wait_until
 
 pytestmark = [
     pytest.mark.root,
@@ -218,7 +219,9 @@ def lab1(tmp_path_factory):
         ns, nfs = mini_topology(n, SOLUTION, tmp)
         h1, ids, insp, sw3 = ns["h1"], ns["ids"], ns["insp"], ns["sw3"]
         attempts = []
-        assert wait_for(lambda: attempts.append(1) or ping(n, h1, VIP, 1) == 1, timeout=20)
+        wait_until(
+            lambda: attempts.append(1) or ping(n, h1, VIP, 1) == 1, 20, what=f"h1 to ping {VIP}"
+        )
         obs["warmup_pings"] = len(attempts)
         caps = {
             "napt_side": Capture(n, ids, "eth0", tmp / "napt_side.pcap"),

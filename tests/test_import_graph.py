@@ -13,6 +13,7 @@ package whose __init__ re-exports its submodules would count as a cycle.
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,6 +29,7 @@ def modules() -> dict[str, tuple[Path, bool]]:
     return out
 
 
+@functools.cache  # parsed once for all tests here
 def import_graph() -> dict[str, set[str]]:
     mods = modules()
 

@@ -18,26 +18,19 @@ import argparse
 import importlib.util
 import logging
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+from nslab import REPO_ROOT
 from nslab.errors import NslabError
+from nslab.ports import free_port  # noqa: F401  (part of nslab.controller's API)
+from nslab.wait import WaitTimeout, wait_until
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 APPS_DIR = REPO_ROOT / "controller"
 DEFAULT_PORT = 6653
 FABRIC_ENV = "NSLAB_FABRIC"
 READY_TIMEOUT_S = 30.0  # os-ken imports take ~1-2 s; a loaded 2-core box needs slack
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that nobody listens on right now (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def available_apps() -> list[str]:
@@ -181,25 +174,25 @@ def start_controller(
             cwd=str(REPO_ROOT),
             start_new_session=True,  # own process group: the engine stops exactly it
         )
-    deadline = time.monotonic() + timeout
-    delay = 0.02
-    while True:
+
+    def listening() -> bool:
         if proc.poll() is not None:
             raise NslabError(
                 f"controller app {app!r} exited with status {proc.returncode} before "
                 f"listening on {host}:{port}; last lines of {log}:\n{_log_tail(log)}"
             )
-        if any(_listening_inodes(port, pid) for pid in _tree(proc.pid)):
-            return proc
-        if time.monotonic() > deadline:
-            proc.kill()
-            proc.wait(timeout=5)
-            raise NslabError(
-                f"controller app {app!r} did not listen on {host}:{port} within "
-                f"{timeout:.0f} s; last lines of {log}:\n{_log_tail(log)}"
-            )
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.2)  # back off: polling /proc is cheap but not free
+        return any(_listening_inodes(port, pid) for pid in _tree(proc.pid))
+
+    try:
+        wait_until(listening, timeout, interval=0.05, what=f"controller app {app!r} to listen")
+    except WaitTimeout:
+        proc.kill()
+        proc.wait(timeout=5)
+        raise NslabError(
+            f"controller app {app!r} did not listen on {host}:{port} within "
+            f"{timeout:.0f} s; last lines of {log}:\n{_log_tail(log)}"
+        ) from None
+    return proc
 
 
 # ---------------------------------------------------------------- the runner

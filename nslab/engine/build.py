@@ -18,16 +18,12 @@ teardown (nslab.engine.teardown) can remove exactly what was made.
 
 from __future__ import annotations
 
-import ctypes
-import fcntl
 import json
 import os
 import pty
 import re
 import select
 import shlex
-import socket
-import struct
 import subprocess
 import termios
 import time
@@ -40,6 +36,7 @@ from nslab.engine.state import LabState, proc_of
 from nslab.errors import NslabError
 from nslab.kinds import Kind, by_kind
 from nslab.kinds import get as get_kind
+from nslab.netns import offloads_off
 from nslab.topo.model import Link, LinkParams, Node, Topology
 from nslab.topo.names import bridge_name, root_ifname
 
@@ -137,45 +134,6 @@ def listening(pid: int, port: int) -> bool:
             if parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:
                 return True
     return False
-
-
-SIOCETHTOOL = 0x8946
-# Legacy ethtool "set" commands (still honoured, mapped onto features by the kernel)
-ETHTOOL_STXCSUM, ETHTOOL_STSO, ETHTOOL_SGSO = 0x17, 0x1F, 0x24
-
-
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        raise OSError(ctypes.get_errno(), "setns failed")
-
-
-def offloads_off(ends: list[tuple[int, str]]) -> None:
-    """`ethtool -K IF tx off tso off gso off` for (pid, interface) pairs, each in
-    the network namespace of pid: ioctls from this thread, which visits each
-    namespace with setns(2), instead of one ethtool process per interface."""
-    if not ends:
-        return
-    home = os.open("/proc/self/ns/net", os.O_RDONLY)
-    try:
-        for pid, name in ends:
-            target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
-            try:
-                _setns(target)
-                # A socket belongs to the namespace it was created in.
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-                    for cmd in (ETHTOOL_STXCSUM, ETHTOOL_STSO, ETHTOOL_SGSO):
-                        value = ctypes.create_string_buffer(struct.pack("II", cmd, 0))
-                        ifreq = struct.pack("16sP", name.encode(), ctypes.addressof(value))
-                        fcntl.ioctl(sock, SIOCETHTOOL, ifreq)
-            finally:
-                os.close(target)
-    finally:
-        _setns(home)
-        os.close(home)
 
 
 def ofports_of(topo: Topology, node: str) -> dict[str, int]:
@@ -298,9 +256,24 @@ class Builder:
             if "NSLAB-OK" not in out:
                 raise NslabError(f"configuring host {name} failed: {out.strip()[-400:]}")
 
+    def run(self, cmd: list[str], input: str | None = None) -> str:
+        return run(cmd, input)
+
+    def ip_batch(self, lines: list[str]) -> None:
+        ip_batch(lines)
+
+    def ofports(self, node: str) -> dict[str, int]:
+        return ofports_of(self.topo, node)
+
+    def acquire_sysctl(self, key: str, value: str) -> None:
+        """Set a host sysctl for the lab's lifetime (reference-counted across labs)."""
+        from nslab.engine import sysctl
+
+        sysctl.acquire(self.state, key, value)
+
     def allocate_controller_port(self) -> None:
         if (self.topo.controller or self.controller) and not self.state.controller_port:
-            from nslab.controller.runner import free_port
+            from nslab.ports import free_port
 
             self.state.controller_port = (
                 self.topo.controller.port
@@ -357,7 +330,7 @@ class Builder:
         ip_batch([f"link set {n} up" for n in root])
         for n in root:  # no IPv6 autoconf chatter from switch ports in captures
             Path(f"/proc/sys/net/ipv6/conf/{n}/disable_ipv6").write_text("1")
-        offloads_off(no_offload)
+        offloads_off((f"/proc/{pid}/ns/net", iface) for pid, iface in no_offload)
 
     def has_switch_loop(self) -> bool:
         """A cycle among switch-switch links (union-find)."""

@@ -21,39 +21,19 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from nslab import cgroup
 from nslab.engine.state import RUN_DIR
 from nslab.errors import NslabError
 from nslab.grading import outputs, sandbox
+from nslab.grading.result import SubmissionResult
 from nslab.labs import LabSpec
 
 PREFIX_ENV = "NSLAB_GRADE_PREFIX"  # prefix of everything a grading run creates on the host
 _SKIP_COPY = {"solution", "starter", "__pycache__", ".pytest_cache"}
 MAX_SUBMISSION_MB = 50
 HARD_KILL_GRACE_S = 30.0  # after the time budget, the check process is killed this much later
-
-
-@dataclass
-class SubmissionResult:
-    name: str  # result folder name (the submission folder's basename, made unique)
-    submission: str
-    status: str  # ok | timed_out | crashed | error
-    score: float = 0.0
-    max_score: float = 0.0
-    tests: list[dict[str, Any]] = field(default_factory=list)
-    execution_time: float = 0.0
-    output: str = ""  # overall message (why it crashed, timed out, ...)
-    lab_id: str = ""
-    lab_title: str = ""
-    visibility: str = "all"
-
-    @property
-    def all_passed(self) -> bool:
-        return bool(self.tests) and all(t["outcome"] == "passed" for t in self.tests)
 
 
 def _prefix() -> str:

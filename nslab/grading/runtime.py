@@ -23,7 +23,7 @@ from nslab.errors import NslabError
 from nslab.grading import sandbox
 from nslab.kinds import get as get_kind
 from nslab.labs import LabSpec, Service, Variant
-from nslab.measure.iperf import free_port
+from nslab.ports import free_port
 
 
 class LabStartError(NslabError):

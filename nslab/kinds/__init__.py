@@ -16,14 +16,33 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from nslab.engine.build import Builder
     from nslab.engine.state import LabState
     from nslab.topo.model import Node, Topology
+
+
+class Builder(Protocol):
+    """What the engine offers a kind while it builds a lab (nslab.engine.build)."""
+
+    lab: str
+    topo: Topology
+    state: LabState
+    progress: Callable[[str], None]
+    userspace_ovs: bool  # OVS runs its userspace datapath (no kernel module)
+
+    def run(self, cmd: list[str], input: str | None = None) -> str: ...
+    def ip_batch(self, lines: list[str]) -> None: ...
+    def ofports(self, node: str) -> dict[str, int]: ...
+    def start_shells(self, nodes: list[Node]) -> None: ...
+    def configure_addresses(self, nodes: list[Node]) -> None: ...
+    def allocate_controller_port(self) -> None: ...
+    def has_switch_loop(self) -> bool: ...
+    def acquire_sysctl(self, key: str, value: str) -> None: ...
+
 
 # Node keys containerlab defines (its JSON schema, node-config). nslab accepts
 # and keeps them so that containerlab files load as-is; most only matter to

@@ -6,10 +6,9 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nslab.kinds import Kind, register
+from nslab.kinds import Builder, Kind, register
 
 if TYPE_CHECKING:
-    from nslab.engine.build import Builder
     from nslab.engine.state import LabState
     from nslab.topo.model import Node
 
@@ -24,8 +23,6 @@ class Bridge(Kind):
     graph_style = {"shape": "ellipse", "style": "filled", "fillcolor": "#d9f99d"}
 
     def create(self, nodes: list[Node], b: Builder) -> None:
-        from nslab.engine import sysctl
-        from nslab.engine.build import ip_batch, ofports_of
         from nslab.topo.names import bridge_name, root_ifname
 
         b.progress(f"creating {len(nodes)} Linux bridges")
@@ -36,16 +33,16 @@ class Bridge(Kind):
             "bridge-nf-call-ip6tables",
             "bridge-nf-call-arptables",
         ):
-            sysctl.acquire(b.state, f"net.bridge.{key}", "0")
+            b.acquire_sysctl(f"net.bridge.{key}", "0")
         names = [bridge_name(b.lab, n.name) for n in nodes]
         b.state.linux_bridges += names
         b.state.save()
         lines = []
         for n, br in zip(nodes, names, strict=True):
             lines += [f"link add name {br} type bridge", f"link set {br} up"]
-            for iface in ofports_of(b.topo, n.name):
+            for iface in b.ofports(n.name):
                 lines.append(f"link set {root_ifname(b.lab, n.name, iface)} master {br}")
-        ip_batch(lines)
+        b.ip_batch(lines)
 
     def teardown(self, state: LabState) -> None:
         stale = [n for n in state.linux_bridges if Path("/sys/class/net", n).exists()]

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from nslab.kinds import NamespaceHost, register
+from nslab.kinds import Builder, NamespaceHost, register
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from nslab.engine.build import Builder
     from nslab.engine.state import LabState
     from nslab.topo.model import Node, Topology
 

@@ -7,10 +7,9 @@ import shutil
 import subprocess
 from typing import TYPE_CHECKING
 
-from nslab.kinds import Kind, register
+from nslab.kinds import Builder, Kind, register
 
 if TYPE_CHECKING:
-    from nslab.engine.build import Builder
     from nslab.engine.state import LabState
     from nslab.topo.model import Node, Topology
 
@@ -47,25 +46,23 @@ class OvsBridge(Kind):
         return b.userspace_ovs
 
     def create(self, nodes: list[Node], b: Builder) -> None:
-        from nslab.engine.build import run
         from nslab.topo.names import bridge_name
 
         b.progress(f"creating {len(nodes)} Open vSwitch bridges")
         b.state.ovs_bridges += [bridge_name(b.lab, n.name) for n in nodes]
         b.allocate_controller_port()
         b.state.save()
-        run(["ovs-vsctl", "--timeout=60"] + self._ovs_args(nodes, b))
+        b.run(["ovs-vsctl", "--timeout=60"] + self._ovs_args(nodes, b))
 
     def _ovs_args(self, nodes: list[Node], b: Builder) -> list[str]:
         """All bridges and ports as one ovsdb transaction."""
-        from nslab.engine.build import ofports_of
         from nslab.topo.names import bridge_name, root_ifname
 
         looped = b.has_switch_loop()
         args: list[str] = []
         for n in nodes:
             br = bridge_name(b.lab, n.name)
-            ports = ofports_of(b.topo, n.name)
+            ports = b.ofports(n.name)
             b.state.ofports[n.name] = ports
             settings = [
                 f"other-config:datapath-id={n.dpid or 0:016x}",

@@ -22,10 +22,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from nslab import REPO_ROOT
+from nslab import REPO_ROOT, process
 from nslab.errors import NslabError
 from nslab.ports import free_port  # noqa: F401  (part of nslab.controller's API)
-from nslab.wait import WaitTimeout, wait_until
 
 APPS_DIR = REPO_ROOT / "controller"
 DEFAULT_PORT = 6653
@@ -68,56 +67,6 @@ def resolve_app(app: str) -> str:
         f"(the kit's apps: {', '.join(available_apps()) or 'none'}; "
         "or give a path to a .py file)"
     )
-
-
-def _tree(pid: int) -> list[int]:
-    """`pid` and its descendants (a sandboxed app runs a few execs down)."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            for task in os.listdir(f"/proc/{p}/task"):
-                todo += [
-                    int(c) for c in Path(f"/proc/{p}/task/{task}/children").read_text().split()
-                ]
-        except OSError:
-            pass
-    return out
-
-
-def _listening_inodes(port: int, pid: int) -> bool:
-    """True when process `pid` owns a TCP socket in LISTEN state on `port`.
-
-    Checking the socket's owner (not just "something listens") means a port
-    taken by someone else between free_port() and bind() is not mistaken for
-    our controller being ready; and it opens no OpenFlow connection.
-    """
-    inodes = set()
-    for name in ("tcp", "tcp6"):
-        try:
-            lines = Path(f"/proc/{pid}/net/{name}").read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            local, state, inode = fields[1], fields[3], fields[9]
-            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
-                inodes.add(inode)
-    if not inodes:
-        return False
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return False
-    for fd in fds:
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:[") and target[8:-1] in inodes:
-            return True
-    return False
 
 
 def _log_tail(log: Path, lines: int = 25) -> str:
@@ -164,35 +113,18 @@ def start_controller(
         env[FABRIC_ENV] = str(fabric)
     else:
         env.pop(FABRIC_ENV, None)
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
+    try:
+        return process.start(
             cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
+            what=f"controller app {app!r}",
+            log=log,
+            append=True,
             env=env,
             cwd=str(REPO_ROOT),
-            start_new_session=True,  # own process group: the engine stops exactly it
-        )
-
-    def listening() -> bool:
-        if proc.poll() is not None:
-            raise NslabError(
-                f"controller app {app!r} exited with status {proc.returncode} before "
-                f"listening on {host}:{port}; last lines of {log}:\n{_log_tail(log)}"
-            )
-        return any(_listening_inodes(port, pid) for pid in _tree(proc.pid))
-
-    try:
-        wait_until(listening, timeout, interval=0.05, what=f"controller app {app!r} to listen")
-    except WaitTimeout:
-        proc.kill()
-        proc.wait(timeout=5)
-        raise NslabError(
-            f"controller app {app!r} did not listen on {host}:{port} within "
-            f"{timeout:.0f} s; last lines of {log}:\n{_log_tail(log)}"
-        ) from None
-    return proc
+            ready=process.Ready(port=port, timeout=timeout),
+        ).popen
+    except process.ProcessStartError as exc:
+        raise NslabError(f"{exc} (it should listen on {host}:{port})") from None
 
 
 # ---------------------------------------------------------------- the runner

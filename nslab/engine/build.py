@@ -32,6 +32,7 @@ from functools import partial
 from pathlib import Path
 
 from nslab import host as hostcaps
+from nslab import process
 from nslab.engine.state import LabState, proc_of
 from nslab.errors import NslabError
 from nslab.kinds import Kind, by_kind
@@ -119,21 +120,6 @@ class NsShell:
     def wait(self, timeout: float = 120) -> str:
         """The output of the last line sent, up to the next prompt."""
         return self._read_prompt(time.monotonic() + timeout)
-
-
-def listening(pid: int, port: int) -> bool:
-    """Whether a TCP socket listens on `port` in the network namespace of `pid`
-    (read from /proc, so no process is spawned per poll)."""
-    for table in ("tcp", "tcp6"):
-        try:
-            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
-        except OSError:
-            return False
-        for line in lines:
-            parts = line.split()
-            if parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:
-                return True
-    return False
 
 
 def ofports_of(topo: Topology, node: str) -> dict[str, int]:
@@ -413,29 +399,19 @@ class Builder:
         self.progress(f"starting {len(todo)} services")
         started = []
         for n, svc in todo:
-            log_path = self.state.dir / f"{n.name}.{svc.name}.log"
-            with open(log_path, "w") as log:
-                proc = subprocess.Popen(
-                    ["nsenter", "-t", str(self.state.hosts[n.name]), "-n", "--", *svc.argv],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env={**os.environ, **svc.env, "NSLAB_LAB": self.lab},
-                    start_new_session=True,
-                )
-            self.state.procs.append(proc_of(proc.pid, f"service:{n.name}:{svc.name}"))
-            started.append((n, svc, proc, log_path))
+            # Started together, awaited after: services come up in parallel.
+            # They inherit the supervisor's cgroup, the lab's owner.
+            p = process.start(
+                ["nsenter", "-t", str(self.state.hosts[n.name]), "-n", "--", *svc.argv],
+                what=f"{n.name}: {svc.name}",
+                log=self.state.dir / f"{n.name}.{svc.name}.log",
+                env={**os.environ, **svc.env, "NSLAB_LAB": self.lab},
+            )
+            self.state.procs.append(proc_of(p.pid, f"service:{n.name}:{svc.name}"))
+            started.append((p, svc))
         self.state.save()
-        deadline = time.monotonic() + 60
-        for n, svc, proc, log_path in started:
-            while svc.ready_port and not listening(proc.pid, svc.ready_port):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    tail = log_path.read_text()[-800:]
-                    why = "exited" if proc.poll() is not None else "did not listen within 60 s"
-                    raise NslabError(
-                        f"{n.name}: {svc.name} {why} on port {svc.ready_port}:\n{tail}"
-                    )
-                time.sleep(0.05)
+        for p, svc in started:
+            p.wait_ready(process.Ready(port=svc.ready_port, timeout=60))
 
     def start_controller(self) -> None:
         port = self.state.controller_port

@@ -9,16 +9,15 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import stat
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
+from nslab import process
 from nslab.errors import NslabError
 from nslab.grading import sandbox
 from nslab.kinds import get as get_kind
@@ -61,8 +60,7 @@ class GradedLab:
         self.params = dict(variant.params if variant else spec.params)
         self.engine: Any = None
         self.ports: dict[str, int] = {}
-        self.procs: dict[str, subprocess.Popen] = {}
-        self._logs: dict[str, TextIO] = {}
+        self.procs: dict[str, process.Process] = {}
 
     # -- life cycle -------------------------------------------------------
     def start(self) -> GradedLab:
@@ -146,86 +144,54 @@ class GradedLab:
             argv = ["sh", "-c", svc.command.format(**fmt)]
         else:
             argv = [a.format(**fmt) for a in svc.command]
-        log = open(self.logs_dir / f"{svc.name}.log", "w")  # noqa: SIM115 - closed in stop()
-        self._logs[svc.name] = log
-        kw: dict[str, Any] = dict(
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
         if svc.user == "grader":
             # Trusted lab code as root, in the lab's `services` cgroup; never
             # from the student's dir (python -m would put it first on sys.path).
-            env = dict(os.environ, PYTHONSAFEPATH="1", **svc.env)
-            kw.update(cwd=str(self.spec.path), env=env, preexec_fn=self._joiner("services"))
-            proc = self.popen(svc.node, argv, **kw)
+            env, role, cwd = (
+                dict(os.environ, PYTHONSAFEPATH="1", **svc.env),
+                "services",
+                self.spec.path,
+            )
         else:
-            argv = self.student_command(argv, caps=svc.caps, role=svc.name)
-            proc = self.popen(svc.node, argv, env=env, **kw)
-        self.procs[svc.name] = proc
-        self._wait_ready(svc, proc)
-
-    def _joiner(self, role: str) -> Any:
-        from nslab import cgroup
-
-        return cgroup.joiner(self.instance, role) if cgroup.available() else None
-
-    def _wait_ready(self, svc: Service, proc: subprocess.Popen) -> None:
+            argv, role, cwd = self.student_command(argv, caps=svc.caps, role=svc.name), None, None
         r = svc.ready
-        end = time.monotonic() + r.timeout
-        wanted = []
-        if r.port:
-            wanted.append(f"TCP port {self.ports[svc.name]} to accept connections")
+        probe = None
         if r.file:
-            wanted.append(f"file {r.file} to appear")
-        if r.log:
-            wanted.append(f"a log line matching {r.log!r}")
-        while wanted:
-            if proc.poll() is not None:
-                raise LabStartError(
-                    f"service '{svc.name}' exited with code {proc.returncode} before it was ready; "
-                    f"its last output:\n{self.log(svc.name)}"
-                )
-            ok = True
-            if r.port:
-                ok &= self._port_open(svc.node, self.ports[svc.name])
-            if r.file:
-                ok &= self._exists(r.file) and os.lstat(self.submission / r.file).st_size > 0
-            if r.log:
-                ok &= re.search(r.log, self.log(svc.name, 200)) is not None
-            if ok:
-                break
-            if time.monotonic() > end:
-                raise LabStartError(
-                    f"service '{svc.name}' was not ready after {r.timeout:g} s "
-                    f"(waited for {' and '.join(wanted)}); its last output:\n{self.log(svc.name)}"
-                )
-            time.sleep(0.1)
+            probe = lambda: self._exists(r.file) and os.lstat(self.submission / r.file).st_size > 0  # noqa: E731
+        try:
+            proc = process.start(
+                self._node_argv(svc.node, argv),
+                what=f"service '{svc.name}'",
+                log=self.logs_dir / f"{svc.name}.log",
+                env=env,
+                cwd=str(cwd) if cwd else None,
+                cgroup=(self.instance, role) if role else None,
+                ready=process.Ready(
+                    port=self.ports.get(svc.name) if r.port else None,
+                    log=r.log,
+                    probe=probe,
+                    timeout=r.timeout,
+                ),
+            )
+        except process.ProcessStartError as exc:
+            raise LabStartError(str(exc)) from None
+        self.procs[svc.name] = proc
         if r.delay:
             time.sleep(r.delay)
 
-    def _port_open(self, node: str | None, port: int) -> bool:
+    def _node_argv(self, node: str | None, argv: list[str]) -> list[str]:
+        """`argv` run in `node`'s network namespace (None: the grading host)."""
         if node is None:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    return True
-            except OSError:
-                return False
-        from nslab.measure.probe import tcp_connect
-
-        return tcp_connect(self, node, "127.0.0.1", port, timeout_s=0.5).ok
+            return argv
+        if self.engine is None:
+            raise LabStartError(f"this lab has no topology, so there is no node '{node}'")
+        return self.engine.command(node, argv)
 
     def stop(self) -> None:
         """Stop services, kill every process of the student user, take the
         topology down. Safe to call twice and after a failed start."""
         for proc in self.procs.values():
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    proc.kill()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
+            proc.stop(kill=True)
         self.procs.clear()
         used = self.usage()
         if used:  # for the TA: logs/<variant>/usage.json
@@ -235,9 +201,6 @@ class GradedLab:
 
         if cgroup.available():
             cgroup.kill(self.instance, "services")
-        for f in self._logs.values():
-            f.close()
-        self._logs.clear()
         if self.engine is not None:
             try:
                 log = self.engine.controller_log
@@ -317,7 +280,7 @@ class GradedLab:
 
     def alive(self, service: str) -> bool:
         p = self.procs.get(service)
-        return p is not None and p.poll() is None
+        return p is not None and p.alive()
 
     def log(self, service: str, lines: int = 15) -> str:
         """Last lines of a service's output (student output: data, not verdicts)."""

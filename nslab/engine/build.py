@@ -167,6 +167,33 @@ def offloads_off(ends: list[tuple[int, str]]) -> None:
         os.close(home)
 
 
+SIOCGIFHWADDR = 0x8927
+
+
+def iface_macs(pid: int, names: list[str]) -> dict[str, str]:
+    """{interface: MAC} of `names` in the network namespace of `pid` (ioctls
+    from this thread inside the namespace, as offloads_off; missing ones left out)."""
+    out: dict[str, str] = {}
+    home = os.open("/proc/self/ns/net", os.O_RDONLY)
+    try:
+        target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+        try:
+            _setns(target)
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                for name in names:
+                    try:
+                        res = fcntl.ioctl(sock, SIOCGIFHWADDR, struct.pack("256s", name.encode()))
+                    except OSError:
+                        continue
+                    out[name] = ":".join(f"{b:02x}" for b in res[18:24])
+        finally:
+            os.close(target)
+    finally:
+        _setns(home)
+        os.close(home)
+    return out
+
+
 def ofports_of(topo: Topology, node: str) -> dict[str, int]:
     """OpenFlow port numbers: ethN -> N, other names get the next free numbers."""
     ifaces = sorted({lo.iface for lo, _ in topo.neighbours(node)})
@@ -608,29 +635,48 @@ class Builder:
             time.sleep(0.1)
 
     def write_fabric(self) -> None:
-        """The topology as a controller sees it: switches, ports, hosts."""
-        fabric: dict = {"lab": self.lab, "switches": {}, "hosts": {}}
+        """The topology as a controller sees it: switches, ports, hosts with
+        their interfaces' MACs (configured, else read from the namespace).
+        With topology `controller: {fabric: switches-only}` only switches and
+        switch-to-switch links: a lab whose controller must learn the hosts."""
+        ctrl = self.topo.controller
+        hide_hosts = ctrl is not None and getattr(ctrl, "fabric", "full") == "switches-only"
+        fabric: dict = {"lab": self.lab, "switches": {}}
+        if hide_hosts:
+            fabric["view"] = "switches-only"
+        else:
+            fabric["hosts"] = {}
         for n in self.topo.nodes.values():
             if n.kind in ("ovs-bridge", "bridge"):
                 ports = self.state.ofports.get(n.name) or ofports_of(self.topo, n.name)
                 peers = {lo.iface: rem for lo, rem in self.topo.neighbours(n.name)}
+                out = {}
+                for i, p in ports.items():
+                    role = "switch" if self.in_root(peers[i].node) else "host"
+                    out[str(p)] = {"iface": i, "peer": str(peers[i]), "peer_role": role}
+                    if hide_hosts and role == "host":
+                        del out[str(p)]["peer"]
                 fabric["switches"][n.name] = {
                     "dpid": n.dpid,
                     "bridge": bridge_name(self.lab, n.name),
-                    "ports": {
-                        str(p): {
-                            "iface": i,
-                            "peer": str(peers[i]),
-                            "peer_role": "switch" if self.in_root(peers[i].node) else "host",
-                        }
-                        for i, p in ports.items()
-                    },
+                    "ports": out,
                 }
-            else:
+            elif not hide_hosts:
+                ifaces = sorted(lo.iface for lo, _ in self.topo.neighbours(n.name))
+                pid = self.state.hosts.get(n.name)
+                live = iface_macs(pid, ifaces) if pid else {}
+                interfaces = {}
+                for i in ifaces:
+                    intf = n.interfaces.get(i)
+                    interfaces[i] = {
+                        "mac": (intf.mac if intf and intf.mac else None) or live.get(i),
+                        "ips": [str(a) for a in (intf.ips if intf else [])],
+                    }
                 fabric["hosts"][n.name] = {
                     "ips": [str(i) for i in n.ips],
                     "mac": next((i.mac for i in n.interfaces.values() if i.mac), None),
                     "gateway": str(n.gateway) if n.gateway else None,
+                    "interfaces": interfaces,
                 }
         self.state.dir.mkdir(parents=True, exist_ok=True)
         Path(self.state.dir / "fabric.json").write_text(json.dumps(fabric, indent=1))

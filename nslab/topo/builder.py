@@ -17,6 +17,7 @@ import yaml
 
 from nslab import kinds
 from nslab.topo.model import (
+    FABRIC_VIEWS,
     Controller,
     Endpoint,
     Interface,
@@ -218,22 +219,22 @@ class _Builder:
             self.bad(
                 o,
                 f"controller must be an app name or a mapping, got {_show(value)}",
-                "write `controller: l2_learning` or `controller: {app: l2_learning, port: 6653}`",
+                "write `controller: fabric_router` or `controller: {app: fabric_router, port: 6653}`",
             )
             return None
         for key in value:
-            if key not in ("app", "port"):
+            if key not in ("app", "port", "fabric"):
                 self.bad(
                     self.origin(value, key, f"topology.controller.{key}"),
                     f"unknown key '{key}'",
-                    "controller takes `app` and `port`",
+                    "controller takes `app`, `port` and `fabric`",
                 )
         app = value.get("app")
         if not isinstance(app, str) or not app:
             self.bad(
                 o,
                 "controller needs `app`",
-                "e.g. `app: l2_learning` (a file in controller/) or a path",
+                "e.g. `app: fabric_router` (a file in controller/) or a path",
             )
             return None
         port = value.get("port")
@@ -246,7 +247,16 @@ class _Builder:
                 "leave it out to let nslab pick a free port",
             )
             port = None
-        return Controller(app=app, port=port, origin=o)
+        fabric = value.get("fabric", "full")
+        if fabric not in FABRIC_VIEWS:
+            self.bad(
+                self.origin(value, "fabric", "topology.controller.fabric"),
+                f"controller fabric must be {' or '.join(FABRIC_VIEWS)}, got {_show(fabric)}",
+                "`switches-only` hides hosts (MACs, attachment ports) from the controller's "
+                "fabric.json; leave it out for the full view",
+            )
+            fabric = "full"
+        return Controller(app=app, port=port, fabric=fabric, origin=o)
 
     def _controller_from_labels(self, tp: LMap) -> Controller | None:
         """`nslab export` writes the controller as labels of kinds.ovs-bridge (the
@@ -263,7 +273,13 @@ class _Builder:
         except ValueError:
             self.bad(o, f"bad controller port label {port!r}", "write a number 1-65535")
             port = None
-        return Controller(app=str(labels[f"{LABEL_PREFIX}controller"]), port=port, origin=o)
+        fabric = str(labels.get(f"{LABEL_PREFIX}controller-fabric", "full"))
+        if fabric not in FABRIC_VIEWS:
+            self.bad(o, f"bad controller fabric label {fabric!r}", " or ".join(FABRIC_VIEWS))
+            fabric = "full"
+        return Controller(
+            app=str(labels[f"{LABEL_PREFIX}controller"]), port=port, fabric=fabric, origin=o
+        )
 
     # -- nodes ---------------------------------------------------------------
     def _nodes(self, tp: LMap, topo: Topology) -> None:
@@ -451,7 +467,7 @@ class _Builder:
                     node.config.setdefault("_nslab_ip", value)
                 else:
                     self.bad(lo, f"label '{label}' needs an interface", "write nslab.mac.eth0")
-            elif key in ("controller", "controller-port"):
+            elif key in ("controller", "controller-port", "controller-fabric"):
                 pass  # read from topology.kinds.ovs-bridge by _controller_from_labels
             elif kind is not None and rest in kind.allowed_keys:
                 try:  # a kind's own key, exported as YAML text

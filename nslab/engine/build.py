@@ -674,7 +674,7 @@ class Builder:
                     }
                 fabric["hosts"][n.name] = {
                     "ips": [str(i) for i in n.ips],
-                    "mac": next((i.mac for i in n.interfaces.values() if i.mac), None),
+                    "mac": next((v["mac"] for v in interfaces.values() if v["mac"]), None),
                     "gateway": str(n.gateway) if n.gateway else None,
                     "interfaces": interfaces,
                 }

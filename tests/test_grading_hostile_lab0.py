@@ -21,19 +21,46 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
 import signal
 
-import grading_support
 import pytest
 from grading_support import DATA
 
+from nslab.grading import sandbox
 from nslab.grading.runner import grade_batch
 from nslab.labs import find_lab, labs_root
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
-grading_env = grading_support.grading_env  # the shared fixture
 LAB0 = labs_root() / "00-sdn-warmup"
+# Names of its own (sandbox users tgrdzl, tgrdzl1; lab prefix tgrdz), so that
+# other grading tests running at the same time on a shared machine, whose
+# cleanup removes the users tgrdstu*, cannot pull them from under this one.
+USER, PREFIX = "tgrdzl", "tgrdz"
+
+
+@pytest.fixture
+def grading_env():
+    if os.geteuid() != 0:
+        pytest.skip("grading needs root (sandbox users, mounts)")
+    old = {k: os.environ.get(k) for k in ("NSLAB_GRADE_PREFIX", "NSLAB_STUDENT_USER")}
+    os.environ.update(NSLAB_GRADE_PREFIX=PREFIX, NSLAB_STUDENT_USER=USER)
+    try:
+        yield USER
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        for p in pwd.getpwall():
+            if p.pw_name == USER or (
+                p.pw_name.startswith(USER) and p.pw_name[len(USER) :].isdigit()
+            ):
+                sandbox.remove_user(p.pw_name)
+
+
 # What the starter earns: the checks a safe flooding fabric passes.
 STARTER_CHECKS = ("every host reaches every other host", "ARP does not circle")
 # First lines of the grader-only files: they must not show up in a log.
@@ -70,7 +97,6 @@ def test_lab0_hostile_controllers(grading_env, tmp_path):
         (d / "learning_switch.py").write_text(code + "\n\n" + (DATA / "lab0" / tail).read_text())
         subs.append(d)
     out = tmp_path / "out"
-    os.environ["NSLAB_GRADE_PREFIX"] = "tgrdz"
     children: list[int] = []
     try:
         rs = {
@@ -86,7 +112,6 @@ def test_lab0_hostile_controllers(grading_env, tmp_path):
         hostile_log = logs(out, "hostile")
         children = outlived(hostile_log)
     finally:
-        os.environ["NSLAB_GRADE_PREFIX"] = "tgrd"
         for pid in children:  # leave the host as found even when the test fails
             os.kill(pid, signal.SIGKILL)
 
@@ -117,8 +142,10 @@ def test_lab0_hostile_controllers(grading_env, tmp_path):
     if "KIT LOADED" in kit_log:  # the kit's router was reachable: it refused or flooded
         assert "switches-only view" in kit_log or kit.score <= starter_level
 
-    if leaked:  # last, so that every other verdict above is reported
-        pytest.xfail(
-            f"the sandboxed controller read grader-only text {leaked} (issue 9: the "
-            "checkout and its git objects stay visible until the bubblewrap sandbox lands)"
-        )
+    # Last, so that every verdict above is checked first: holes that the
+    # bubblewrap sandbox (issue 9, the lead's part) closes; xfail until then.
+    holes = [f"grader-only text {leaked} (checkout, git objects)"] if leaked else []
+    if "STATE LEAK" in kit_log:
+        holes.append("the engine's topology.pickle with the hosts' MACs (/run/nslab)")
+    if holes:
+        pytest.xfail("the sandboxed controller read " + "; ".join(holes))

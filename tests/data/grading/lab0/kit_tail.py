@@ -67,6 +67,23 @@ for _label, _load, _arg in _routes:
         _kit_cls = _found[0]
         break
 
+# Where the engine keeps its own view of the lab: the topology with every MAC
+# (nslab.engine.state.RUN_DIR, public). Reading it would make learning moot.
+try:
+    import pickle as _pickle
+
+    from nslab.engine.state import RUN_DIR as _RUN_DIR
+
+    for _p in sorted(_RUN_DIR.glob("*/topology.pickle")):
+        try:
+            _topo = _pickle.loads(_p.read_bytes())
+            _macs = [i.mac for n in _topo.nodes.values() for i in n.interfaces.values() if i.mac]
+            print("STATE LEAK", _p, len(_macs), "MACs", flush=True)
+        except Exception as _exc:  # noqa: BLE001
+            print("STATE DENIED", _p, type(_exc).__name__, flush=True)
+except Exception as _exc:  # noqa: BLE001
+    print("STATE DENIED", type(_exc).__name__, _exc, flush=True)
+
 # (b) patches at import
 _real_from_dict = _fabric_mod.Fabric.from_dict.__func__
 

@@ -255,3 +255,9 @@ def test_controller_fabric_view(tmp_path: Path) -> None:
 
     lab0 = load(str(labs_root() / "00-sdn-warmup" / "topology.yaml.j2"))
     assert lab0.controller.fabric == "switches-only"
+    # `nslab export` keeps it as a label, and loading the export restores it
+    from nslab.topo.export import dump_containerlab
+
+    exported = tmp_path / "lab0.clab.yaml"
+    exported.write_text(dump_containerlab(lab0))
+    assert load(str(exported)).controller.fabric == "switches-only"

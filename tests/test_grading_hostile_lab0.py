@@ -142,10 +142,9 @@ def test_lab0_hostile_controllers(grading_env, tmp_path):
     if "KIT LOADED" in kit_log:  # the kit's router was reachable: it refused or flooded
         assert "switches-only view" in kit_log or kit.score <= starter_level
 
-    # Last, so that every verdict above is checked first: holes that the
-    # bubblewrap sandbox (issue 9, the lead's part) closes; xfail until then.
+    # Last, so that every verdict above is checked first: what the bubblewrap
+    # sandbox must keep from the graded controller.
     holes = [f"grader-only text {leaked} (checkout, git objects)"] if leaked else []
     if "STATE LEAK" in kit_log:
         holes.append("the engine's topology.pickle with the hosts' MACs (/run/nslab)")
-    if holes:
-        pytest.xfail("the sandboxed controller read " + "; ".join(holes))
+    assert not holes, "the sandboxed controller read " + "; ".join(holes)

@@ -32,9 +32,10 @@ from nslab.serving.batching import (
     BatchPolicy,
     NoBatching,
     QueueFull,
+    RemotePolicy,
     TritonPolicy,
 )
-from nslab.serving.devices import make_device
+from nslab.serving.devices import Device, make_device
 from nslab.serving.http import Request, Response, serve
 from nslab.serving.metrics import Counter, Gauge, Histogram
 from nslab.serving.plugins import class_from_file
@@ -55,7 +56,10 @@ class PodConfig:
     port: int = 8000
     host: str = "0.0.0.0"
     repo: str = ""  # model repository ('' = $NSLAB_MODEL_REPO or ~/.cache/nslab/models)
-    policy: str = ""  # batching policy: '' (Triton's rule), 'none', or 'FILE.py:Class'
+    # batching policy: '' (Triton's rule), 'none', 'triton', 'FILE.py:Class' (loaded
+    # in this process), or 'socket:PATH' (a policy process connects there: nslab.policy)
+    policy: str = ""
+    policy_deadline_ms: float = 50.0  # socket policies: time to answer one decision
     name: str = ""  # pod name (metrics label); default: the model's name
 
     @classmethod
@@ -95,14 +99,20 @@ def command(node_config: dict[str, Any], python: str | None = None) -> list[str]
     return [python or sys.executable, "-m", "nslab.serving.pod", "--config", json.dumps(d)]
 
 
-def load_policy(spec: str, max_batch_size: int) -> BatchPolicy:
+def load_policy(
+    spec: str, max_batch_size: int, device: Device | None = None, deadline_ms: float = 50.0
+) -> BatchPolicy:
+    if spec.startswith("socket:"):
+        if device is None:
+            raise NslabError("a socket: batching policy needs the pod's device")
+        return RemotePolicy(spec[len("socket:") :], device, max_batch_size, deadline_ms / 1000)
     if not spec:
         return NoBatching() if max_batch_size == 1 else TritonPolicy()
     if spec == "none":
         return NoBatching()
     if spec == "triton":
         return TritonPolicy()
-    hint = "write it as FILE.py:ClassName"
+    hint = "write it as FILE.py:ClassName (or none, triton, socket:PATH)"
     return class_from_file(spec, "batching policy", hint, "nslab_policy_")()
 
 
@@ -188,7 +198,7 @@ class Pod:
             cfg.max_batch_size,
             cfg.max_queue_delay_us,
             cfg.queue_limit,
-            load_policy(cfg.policy, cfg.max_batch_size),
+            load_policy(cfg.policy, cfg.max_batch_size, self.device, cfg.policy_deadline_ms),
             self.metrics,
             self.model.name,
         )
@@ -197,6 +207,11 @@ class Pod:
         self._inflight = 0
 
     async def start(self) -> int:
+        if isinstance(self.batcher.policy, RemotePolicy):
+            link = self.batcher.policy.link
+            await link.start()
+            for m in link.metrics():
+                self.metrics.registry.add(m)
         self.batcher.start()
         self.server = await serve(self.handle, self.cfg.host, self.cfg.port)
         self.port = self.server.sockets[0].getsockname()[1]
@@ -206,6 +221,8 @@ class Pod:
         if self.server:
             self.server.close()
         await self.batcher.stop()
+        if isinstance(self.batcher.policy, RemotePolicy):
+            await self.batcher.policy.link.stop()
 
     async def handle(self, req: Request) -> Response:
         parts = [p for p in req.path.split("/") if p]

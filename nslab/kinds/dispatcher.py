@@ -4,7 +4,7 @@ to pod nodes with a pluggable policy (nslab.serving.dispatcher):
     fe:
       kind: dispatcher
       pods: [p1, p2, p3]        # pod nodes of this topology (or NAME=URL strings)
-      policy: p2c               # round-robin | random | least-outstanding | p2c | jsq | maglev | FILE.py:Class
+      policy: round-robin       # round-robin | random | maglev | FILE.py:Class | socket:PATH
       port: 8080
 """
 

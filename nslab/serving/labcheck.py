@@ -162,27 +162,27 @@ def ask_policy(
     states: list[dict[str, Any]],
     check: Callable[[dict, Any], str | None] | None = None,
     deadline_s: float = 1.0,
-) -> tuple[list[Any], dict[str, int], str]:
+) -> tuple[list[Any], dict[str, int], dict[str, Any], str]:
     """Probe the student's policy from here: start it sandboxed, ask it `states`
     over the protocol, return (decisions, None where it gave no valid one;
-    counts by outcome; its last output)."""
+    counts by outcome; the info it declared when ready; its last output)."""
     from nslab.policy.protocol import PolicyLink
 
-    async def run(sock: Path, student: StudentPolicy) -> tuple[list[Any], dict[str, int]]:
+    async def run(sock: Path, student: StudentPolicy) -> tuple[list[Any], dict, dict]:
         link = PolicyLink(str(sock), kind, params, decision, lambda s: None, check, deadline_s)
         await link.start()
         try:
             student.start()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(link.ready.wait(), 30)
-            return [await link.ask(s) for s in states], dict(link.counts)
+            return [await link.ask(s) for s in states], dict(link.counts), link.info
         finally:
             await link.stop()
 
     with policy_dir() as d:
         student = StudentPolicy(lab, spec, d / "policy.sock", "probe")
         try:
-            got, counts = asyncio.run(run(d / "policy.sock", student))
+            got, counts, info = asyncio.run(run(d / "policy.sock", student))
         finally:
             student.stop()
-    return got, counts, student.log_tail()
+    return got, counts, info, student.log_tail()

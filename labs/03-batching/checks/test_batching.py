@@ -206,7 +206,7 @@ def test_policy_behaviour(lab, record, expect):
     _, spec = student_config(lab)
     assert spec, "pod.yaml names no policy of yours (policy: batching_policy.py:ClassName)"
     est = [PROFILES["slow"].latency_s(b) for b in range(2 * PROBE_MAX_BATCH + 2)]
-    got, counts, log = labcheck.ask_policy(
+    got, counts, _, log = labcheck.ask_policy(
         lab,
         spec,
         "batching",

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from nslab.errors import NslabError
+from nslab.serving import kserve
 from nslab.serving import models as model_repo
 from nslab.serving.batching import Batcher as _Batcher
 from nslab.serving.batching import (
@@ -116,62 +117,6 @@ def load_policy(
     return class_from_file(spec, "batching policy", hint, "nslab_policy_")()
 
 
-class BadRequest(Exception):
-    pass
-
-
-def _decode_inputs(
-    model: model_repo.Model, header: dict, binary: bytes
-) -> tuple[dict[str, np.ndarray], int]:
-    specs = {t.name: t for t in model.inputs}
-    got: dict[str, np.ndarray] = {}
-    offset = 0
-    if not isinstance(header.get("inputs"), list) or not header["inputs"]:
-        raise BadRequest("request has no 'inputs' list")
-    for t in header["inputs"]:
-        name = t.get("name")
-        if name not in specs:
-            raise BadRequest(f"unexpected input {name!r}; model {model.name} expects {list(specs)}")
-        spec = specs[name]
-        dt = t.get("datatype")
-        if dt != spec.datatype:
-            raise BadRequest(f"input {name}: datatype {dt!r}, expected {spec.datatype}")
-        shape = t.get("shape")
-        if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
-            raise BadRequest(f"input {name}: 'shape' must be a list of non-negative integers")
-        dims = spec.dims
-        if len(shape) != len(dims) + 1 or any(
-            d != -1 and d != s for d, s in zip(dims, shape[1:], strict=True)
-        ):
-            raise BadRequest(f"input {name}: shape {shape}, expected [batch, {dims}] (-1 = any)")
-        np_dt = model_repo.DTYPES[dt]
-        size = (t.get("parameters") or {}).get("binary_data_size")
-        try:
-            if size is not None:
-                arr = np.frombuffer(binary, np_dt, count=int(np.prod(shape)), offset=offset)
-                offset += int(size)
-            elif "data" in t:
-                arr = np.asarray(t["data"], dtype=np_dt)
-            else:
-                raise BadRequest(f"input {name}: no 'data' and no binary_data_size")
-            arr = arr.reshape(shape)
-        except ValueError as exc:
-            raise BadRequest(f"input {name}: data does not fit shape {shape}: {exc}") from exc
-        got[name] = arr
-    missing = set(specs) - set(got)
-    if missing:
-        raise BadRequest(f"missing input(s) {sorted(missing)}")
-    rows = {a.shape[0] for a in got.values()}
-    if len(rows) != 1:
-        raise BadRequest("inputs disagree on the batch dimension")
-    n = rows.pop()
-    if n < 1:
-        raise BadRequest("batch dimension is 0")
-    if n > model.max_batch_size:
-        raise BadRequest(f"batch of {n} exceeds the model's max_batch_size {model.max_batch_size}")
-    return got, n
-
-
 class Pod:
     """The pod's request handling (usable in-process: `await Pod(cfg).start()`)."""
 
@@ -202,6 +147,7 @@ class Pod:
             self.metrics,
             self.model.name,
         )
+        self.model_outputs = {t.name: t for t in self.model.outputs}
         self.server: asyncio.base_events.Server | None = None
         self.port = cfg.port
         self._inflight = 0
@@ -275,18 +221,27 @@ class Pod:
 
     async def _infer(self, req: Request) -> Response:
         try:
-            hlen = req.headers.get("inference-header-content-length")
-            if hlen is not None:
-                header = json.loads(req.body[: int(hlen)])
-                binary = req.body[int(hlen) :]
-            else:
-                header = json.loads(req.body)
-                binary = b""
-            if not isinstance(header, dict):
-                raise BadRequest("request body must be a JSON object")
-            inputs, rows = _decode_inputs(self.model, header, binary)
-        except (ValueError, BadRequest) as exc:
+            header, binary = kserve.parse(
+                req.body, req.headers.get("inference-header-content-length")
+            )
+            inputs, rows = kserve.decode_inputs(self.model, header, binary)
+        except kserve.BadRequest as exc:
             return Response.error(400, f"bad inference request: {exc}")
+        names = list(self.model_outputs)
+        binary_of = dict.fromkeys(names, False)
+        all_binary = bool((header.parameters or {}).get("binary_data_output"))
+        if header.outputs:
+            names = []
+            for o in header.outputs:
+                if o.name not in self.model_outputs:
+                    have = list(self.model_outputs)
+                    return Response.error(
+                        400, f"bad inference request: unknown output {o.name!r}; have {have}"
+                    )
+                names.append(o.name)
+                binary_of[o.name] = bool((o.parameters or {}).get("binary_data", all_binary))
+        else:
+            binary_of = dict.fromkeys(names, all_binary)
         try:
             fut = self.batcher.submit(inputs, rows)
         except QueueFull as exc:
@@ -295,26 +250,12 @@ class Pod:
             outputs, queue_s, compute_s, batch = await fut
         except Exception as exc:
             return Response.error(500, f"model {self.model.name} failed: {exc!r}")
-        return self._encode(header, outputs, queue_s, compute_s, batch)
+        return self._encode(header.id, names, binary_of, outputs, queue_s, compute_s, batch)
 
-    def _encode(self, header: dict, outputs: dict, queue_s, compute_s, batch) -> Response:
-        wanted = header.get("outputs")
-        all_binary = bool((header.get("parameters") or {}).get("binary_data_output"))
-        if wanted:
-            names = []
-            binary_of = {}
-            for o in wanted:
-                if o.get("name") not in outputs:
-                    return Response.error(
-                        400, f"unknown output {o.get('name')!r}; have {list(outputs)}"
-                    )
-                names.append(o["name"])
-                binary_of[o["name"]] = bool(
-                    (o.get("parameters") or {}).get("binary_data", all_binary)
-                )
-        else:
-            names = list(outputs)
-            binary_of = dict.fromkeys(names, all_binary)
+    def _encode(
+        self, rid: str | None, names: list[str], binary_of: dict[str, bool], outputs: dict,
+        queue_s: float, compute_s: float, batch: int,
+    ) -> Response:  # fmt: skip
         specs = {t.name: t for t in self.model.outputs}
         out_json = []
         blobs = []
@@ -343,8 +284,8 @@ class Pod:
                 "pod": self.name,
             },
         }
-        if "id" in header:
-            body["id"] = header["id"]
+        if rid is not None:
+            body["id"] = rid
         js = json.dumps(body, separators=(",", ":")).encode()
         if not blobs:
             return Response(200, js)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -44,12 +45,14 @@ def readable_repo() -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def policy_dir() -> Iterator[Path]:
-    """A directory for one policy socket: the grader's (root), enterable by the
-    student user, bound into the student's sandbox; removed after."""
+def policy_dir(lab: Any) -> Iterator[Path]:
+    """A directory for one policy socket: the grader's (root), bound into the
+    student's sandbox; only the student's group may enter it, so no other
+    submission graded beside this one can reach the socket. Removed after."""
     path = Path(tempfile.mkdtemp(prefix="nslab-policy-"))
     try:
-        os.chmod(path, 0o755)
+        os.chown(path, 0, pwd.getpwnam(lab.user).pw_gid)
+        os.chmod(path, 0o710)
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
@@ -179,7 +182,7 @@ def ask_policy(
         finally:
             await link.stop()
 
-    with policy_dir() as d:
+    with policy_dir(lab) as d:
         student = StudentPolicy(lab, spec, d / "policy.sock", "probe")
         try:
             got, counts, info = asyncio.run(run(d / "policy.sock", student))

@@ -91,7 +91,7 @@ def unbatched(lab, repo):
 def measured(lab, repo, unbatched):
     """The grader's pod with your pod.yaml, consulting your policy process."""
     cfg, spec = student_config(lab)
-    with labcheck.policy_dir() as d:
+    with labcheck.policy_dir(lab) as d:
         student = None
         if spec:
             cfg["policy"] = f"socket:{d / 'policy.sock'}"

@@ -56,7 +56,7 @@ def fleet(repo):
 def _dispatch(lab, fleet, policy: str, rate: float, seed: int, repo, **kw) -> load.LoadResult:
     """The grader's dispatcher over `fleet`, with round-robin or the student's
     policy (a sandboxed process it consults), under the grader's load."""
-    with labcheck.policy_dir() as d:
+    with labcheck.policy_dir(lab) as d:
         student = None
         if policy == "round-robin":
             lab.kill_student()  # the baseline: no student process may run

@@ -71,22 +71,35 @@ def wait_connected(url: str, proc: subprocess.Popen, want: int = 1) -> None:
         time.sleep(0.05)
 
 
-@pytest.fixture
-def policy_pod(model_repo, tmp_path):  # noqa: F811
-    """A pod whose batching policy is whatever connects to its socket."""
-    sock = tmp_path / "policy.sock"
+@pytest.fixture(scope="module")
+def policy_pod(model_repo, tmp_path_factory):  # noqa: F811
+    """A pod whose batching policy is whatever connects to its socket (one at
+    a time: each test's policy process connects after the last one left)."""
+    sock = tmp_path_factory.mktemp("tsrv-policy") / "policy.sock"
     with local.pods(dict(SLOW, name="tsrv-pp", policy=f"socket:{sock}")) as (pod,):
         yield pod, sock
 
 
+def wait_gone(url: str) -> None:
+    deadline = time.monotonic() + 10
+    while metrics.value(scrape(url), "nslab_policy_connected") != 0:
+        assert time.monotonic() < deadline, "the last policy is still connected"
+        time.sleep(0.05)
+
+
 def test_a_policy_process_batches_for_the_pod(policy_pod):
     pod, sock = policy_pod
+    wait_gone(pod.url)
+    before = counts(pod.url)
     with runner(sock, f"{LAB3_POLICY}:SloAwarePolicy") as p:
         wait_connected(pod.url, p)
         r = load.run(pod.url, "digits", rate=150, warmup_s=0.3, window_s=1.5, stable_windows=0,
                      max_windows=1, verify=True)  # fmt: skip
         m = scrape(pod.url)
-        c = counts(pod.url)
+        c = {k: v - before[k] for k, v in counts(pod.url).items()}
+        with runner(sock, f"{LAB3_POLICY}:SloAwarePolicy") as second:  # one at a time
+            assert second.wait(20) == 0 and "connection ended" in second.stdout.read()
+        assert metrics.value(scrape(pod.url), "nslab_policy_connected") == 1  # the first
     assert r.ok > 100 and r.errors == r.mismatches == 0, r.line()
     assert c["ok"] > 20 and sum(c.values()) == c["ok"], c
     batches = metrics.value(m, "nslab_batches_total")
@@ -117,21 +130,24 @@ def test_a_bad_policy_is_replaced_and_counted(policy_pod, tmp_path, kind):
     pod, sock = policy_pod
     f = tmp_path / "tsrv_bad_policy.py"
     f.write_text(BAD[kind])
+    wait_gone(pod.url)
+    m0 = scrape(pod.url)
+    before = counts(pod.url)
     with runner(sock, f"{f}:P") as p:
         if kind == "absent":
             assert p.wait(20) == 1 and "ImportError" in p.stdout.read()
         else:
             wait_connected(pod.url, p)
         codes = infer(pod.url, 12)
-        c = counts(pod.url)
+        c = {k: v - before[k] for k, v in counts(pod.url).items()}
     assert codes == [200] * 12  # the pod kept serving: fallback = one request alone
     outcome = "invalid" if kind == "garbage" else kind
     assert c[outcome] >= (1 if kind in ("late", "absent") else 6), c
     assert c["ok"] == 0, c
     if kind == "late":  # given up after 5 late answers: later decisions are not delayed
         assert c["late"] == 5 and c["absent"] >= 7, c
-    m = scrape(pod.url)
-    assert metrics.value(m, "nslab_requests_total", code="200") == 12
+    served = metrics.value(scrape(pod.url), "nslab_requests_total", code="200")
+    assert served - metrics.value(m0, "nslab_requests_total", code="200") == 12
 
 
 def test_dispatcher_validates_the_choice(model_repo, tmp_path):  # noqa: F811

@@ -75,7 +75,9 @@ class PolicyLink:
     `check(state, decision)` returns why a well-formed decision is still
     wrong (or None); `fallback(state)` is the safe decision used instead.
     After `strikes` late answers in a row the policy is given up on (the
-    rest count as absent), so a stuck policy cannot stall the component."""
+    rest count as absent), so a stuck policy cannot stall the component.
+    One policy process is connected at a time; when it goes, another may
+    connect (a restarted one)."""
 
     def __init__(
         self,
@@ -126,10 +128,10 @@ class PolicyLink:
             print(f"nslab policy link: {msg}", file=sys.stderr, flush=True)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._writer is not None:  # one policy per link; later connections are refused
+        if self._writer is not None:  # one policy at a time; others are refused
             writer.close()
             return
-        self._writer = writer
+        self._writer, self._strikes = writer, 0
         try:
             writer.write(dumps(Setup(kind=self.kind, params=self.params).model_dump()))
             line = await asyncio.wait_for(reader.readline(), 30)
@@ -153,7 +155,9 @@ class PolicyLink:
             for fut in self._pending.values():
                 if not fut.done():
                     fut.set_result(_GONE)
+            self._pending.clear()
             writer.close()
+            self._writer = None  # a policy process started again may connect again
 
     def _deliver(self, line: bytes) -> None:
         try:

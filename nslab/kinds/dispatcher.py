@@ -17,7 +17,9 @@ from nslab.kinds import Kind, Service, register
 if TYPE_CHECKING:
     from nslab.topo.model import Node, Topology
 
-KEYS = frozenset({"pods", "policy", "port", "retries", "timeout_s", "poll_interval_s"})
+KEYS = frozenset(
+    {"pods", "policy", "port", "retries", "timeout_s", "poll_interval_s", "policy_deadline_ms"}
+)
 
 
 @register

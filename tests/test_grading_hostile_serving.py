@@ -55,7 +55,7 @@ def hostile(tmp_path, lab: str, name: str, base: str, files: dict[str, str]):
     shutil.copytree(labs_root() / lab / base, sub)
     mark = f"tsrvmark{uuid.uuid4().hex[:10]}"
     tail = (SERVING / "hostile_tail.py").read_text()
-    tail = tail.replace("@@MARK@@", mark).replace("@@PREFIX@@", f"{PREFIX}-grade-")
+    tail = tail.replace("@@MARK@@", mark)
     for fname, how in files.items():
         if how == "tail":
             (sub / fname).write_text((sub / fname).read_text() + "\n\n" + tail)

@@ -36,10 +36,10 @@ with open("curve.csv", "w") as _f:  # a forged curve: the pod looks fast and fla
         _f.write(f"{_r},{min(_r, 45)},1.0,2.0\n")
 
 # 3. A forked child that outlives the submission and floods the pods.
-_MARK, _PREFIX = "@@MARK@@", "@@PREFIX@@"
+_MARK = "@@MARK@@"
 if not _os.path.exists("flood.started"):
     open("flood.started", "w").close()
-    _sp.Popen([_sys.executable, "flood_helper.py", _MARK, _PREFIX], start_new_session=True,
+    _sp.Popen([_sys.executable, "flood_helper.py", _MARK], start_new_session=True,
               stdin=_sp.DEVNULL, stdout=_sp.DEVNULL, stderr=_sp.DEVNULL)  # fmt: skip
 
 

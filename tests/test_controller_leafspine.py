@@ -447,6 +447,7 @@ def test_l2_learning_floods_broadcasts_without_a_storm(leafspine: HandFabric) ->
     assert_no_storm(fab)
 
 
+@pytest.mark.needs_solution
 def test_solution_installs_flows_and_spreads_over_both_spines(leafspine: HandFabric) -> None:
     fab = leafspine
     fab.attach(str(SOLUTION))
@@ -464,6 +465,7 @@ def test_solution_installs_flows_and_spreads_over_both_spines(leafspine: HandFab
     assert sum(carried.values()) >= 8 * 16 * 2
 
 
+@pytest.mark.needs_solution
 def test_solution_floods_broadcasts_without_a_storm(leafspine: HandFabric) -> None:
     fab = leafspine
     fab.attach(str(SOLUTION))

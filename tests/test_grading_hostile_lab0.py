@@ -15,7 +15,7 @@ from grading_support import DATA
 from nslab.grading.runner import grade_batch
 from nslab.labs import find_lab, labs_root
 
-pytestmark = [pytest.mark.root, pytest.mark.slow]
+pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.needs_solution]
 grading_env = grading_support.grading_env  # the shared fixture
 LAB0 = labs_root() / "00-sdn-warmup"
 

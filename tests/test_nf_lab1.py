@@ -24,6 +24,7 @@ import pytest
 from nslab.nf.netns import NetnsSet, wait_for
 
 pytestmark = [
+    pytest.mark.needs_solution,
     pytest.mark.root,
     pytest.mark.slow,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, raw sockets)"),

@@ -27,7 +27,7 @@ from typing import Any
 
 from nslab.errors import NslabError
 from nslab.grading import outputs, sandbox
-from nslab.labs import LabSpec
+from nslab.labs import GRADER_DIR, LabSpec
 
 PREFIX_ENV = "NSLAB_GRADE_PREFIX"  # prefix of everything a grading run creates on the host
 _SKIP_COPY = {"solution", "starter", "__pycache__", ".pytest_cache"}
@@ -103,9 +103,12 @@ def _dir_size_mb(path: Path) -> float:
     return total / 1e6
 
 
-def _copy_lab(spec: LabSpec, dest: Path) -> Path:
-    """Copy what grading needs (lab.yaml, checks/, topology files; never
-    solution/ or starter/) into the root-only grading dir."""
+def _copy_lab(spec: LabSpec, dest: Path) -> tuple[Path, list[str]]:
+    """Copy what grading needs (lab.yaml, checks/, grader/, topology files;
+    never solution/ or starter/) into the root-only grading dir. The hidden
+    checks of `grader/checks/` join the public ones in checks/ (so they share
+    its conftest.py); their file names are returned: their checks are hidden
+    unless marked otherwise."""
     target = dest / spec.id
     shutil.copytree(
         spec.path,
@@ -113,15 +116,26 @@ def _copy_lab(spec: LabSpec, dest: Path) -> Path:
         symlinks=True,
         ignore=lambda d, names: [n for n in names if n in _SKIP_COPY],
     )
-    return target
+    hidden = []
+    gchecks = spec.path / GRADER_DIR / "checks"
+    for f in sorted(gchecks.glob("*.py")) if gchecks.is_dir() else []:
+        if (target / "checks" / f.name).exists():
+            raise NslabError(
+                f"{f}: checks/{f.name} exists too; give the hidden check file another name"
+            )
+        (target / "checks").mkdir(exist_ok=True)
+        shutil.copy(f, target / "checks" / f.name)
+        if f.name.startswith("test_"):
+            hidden.append(f.name)
+    return target, hidden
 
 
 def protect_lab(spec: LabSpec) -> list[str]:
-    """Make the secrets (checks/, solution/) of this lab and of its sibling
+    """Make the secrets (checks/, solution/, grader/) of this lab and of its sibling
     labs unreadable for other users, so sandboxed code cannot read them from
     the source tree either."""
     labs = [spec.path] + [p for p in spec.path.parent.iterdir() if p.is_dir()]
-    dirs = [lab / part for lab in labs for part in ("checks", "solution")]
+    dirs = [lab / part for lab in labs for part in ("checks", "solution", GRADER_DIR)]
     return [str(d) for d in dirs if sandbox.protect(d)]
 
 
@@ -165,7 +179,7 @@ def grade_one(
         sandbox.ensure_user(user)
         sandbox.kill_user_processes(user)  # leftovers of an earlier, interrupted run
         protect_lab(spec)
-        lab_copy = _copy_lab(spec, gdir / "lab")
+        lab_copy, hidden_files = _copy_lab(spec, gdir / "lab")
         limits = sandbox.Limits.from_dict(spec.limits)
         workdir = sandbox.make_workdir("/tmp", f"{prefix}-work-", user, limits, submission)
         cfg = {
@@ -174,6 +188,7 @@ def grade_one(
             "user": user,
             "limits": limits.as_dict(),
             "visibility": visibility,
+            "hidden_files": hidden_files,
             "results": str(gdir / "results.jsonl"),
             "logs": str(gdir / "logs"),
             "artifacts": str(gdir / "artifacts"),

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from nslab.errors import NslabError
-from nslab.grading import outputs, sandbox
+from nslab.grading import outputs, sandbox, submissions
 from nslab.labs import GRADER_DIR, LabSpec
 
 PREFIX_ENV = "NSLAB_GRADE_PREFIX"  # prefix of everything a grading run creates on the host
@@ -170,8 +170,12 @@ def grade_one(
     instance = _instance_name(prefix)
     user = sandbox.slot_user(user_base, slot)
     try:
-        if not submission.is_dir():
-            res.output = f"{submission}: not a folder"
+        try:  # a .zip, or the files inside a folder of their own
+            submission = submissions.prepare(
+                submission, spec.submit, gdir / "unpacked", MAX_SUBMISSION_MB
+            )
+        except submissions.SubmissionError as exc:
+            res.output = str(exc)
             return res
         if _dir_size_mb(submission) > MAX_SUBMISSION_MB:
             res.output = f"{submission}: larger than {MAX_SUBMISSION_MB} MB; not graded"
@@ -341,11 +345,12 @@ def _write_outputs(res: SubmissionResult, gdir: Path, out_dir: Path) -> None:
 
 
 def unique_names(submissions: list[Path]) -> list[str]:
-    """Result folder names: the basename, with -2, -3, ... where two clash."""
+    """Result folder names: the basename (without .zip), with -2, -3, ... where two clash."""
     seen: dict[str, int] = {}
     names = []
     for s in submissions:
-        base = Path(s).resolve().name or "submission"
+        p = Path(s).resolve()
+        base = (p.stem if p.suffix.lower() == ".zip" else p.name) or "submission"
         n = seen.get(base, 0) + 1
         seen[base] = n
         name = base if n == 1 else f"{base}-{n}"
@@ -409,4 +414,5 @@ def grade_batch(
         list(ex.map(work, range(len(submissions))))
     final = [r for r in results if r is not None]
     outputs.write_summary(final, out / "summary.csv")
+    outputs.write_score_csvs(final, out, spec.title)
     return final

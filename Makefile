@@ -4,7 +4,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 NSLAB := $(VENV)/bin/nslab
 
-.PHONY: provision demo test test-fast lint format images clean
+.PHONY: provision demo test test-fast lint format images docs clean
 
 provision:
 	@bash scripts/provision.sh
@@ -28,6 +28,10 @@ format: provision
 
 images: provision
 	@$(NSLAB) images build
+
+# the generated parts of the lab guides: points tables, hand-in lists, topology.svg
+docs: provision
+	@$(PY) -m nslab.labdocs
 
 clean:
 	@if [ -x $(NSLAB) ]; then $(NSLAB) down --all; fi

@@ -335,7 +335,7 @@ def start(lab: str, node: Node, image: str) -> ContainerInfo:
         docker("rm", "--force", name, check=False)  # leave nothing half-built
         hint = ""
         if any(m in err for m in ("No such image", "Unable to find image", "pull access denied")):
-            hint = " (build it with `nslab images build`; no registry is used)"
+            hint = " (build it with `sudo nslab images build`; no registry is used)"
         elif "could not select device driver" in err:
             hint = " (GPU requested: install nvidia-container-toolkit and restart dockerd)"
         raise NslabError(f"starting container {name} from {image} failed: {err}{hint}")

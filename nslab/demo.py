@@ -62,9 +62,9 @@ def main() -> int:
         rate = iperf(lab, "h1", "h4")
         print(f"iperf3 h1 (rack 1) -> h4 (rack 2): {rate:.1f} Mbit/s over a 100 Mbit/s uplink")
         print()
-        print("Try it yourself:  sudo .venv/bin/nslab up default")
-        print("                  sudo .venv/bin/nslab exec h1 -- ping -c3 10.0.0.4")
-        print("                  sudo .venv/bin/nslab down dc")
+        print("Try it yourself:  sudo nslab up default")
+        print("                  sudo nslab exec h1 -- ping -c3 10.0.0.4")
+        print("                  sudo nslab down dc")
         return 0 if ok == total else 1
     finally:
         lab.down()

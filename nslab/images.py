@@ -576,7 +576,7 @@ def _build_one(
             except NslabError as exc:
                 raise NslabError(
                     f"{exc}\nthe registry base needs Docker Hub; without one, build the base "
-                    "offline: `nslab images build --base local` (the default)"
+                    "offline: `sudo nslab images build --base local` (the default)"
                 ) from exc
         finally:
             shutil.rmtree(ctx, ignore_errors=True)
@@ -637,7 +637,7 @@ def resolve(ref: str, *, build_missing: bool = True, progress: Progress = print)
     tag = tag_of(spec, digest)
     if _image_hash_label(tag) != digest:
         if not build_missing:
-            raise NslabError(f"image {tag} is not built: run `nslab images build {spec.name}`")
+            raise NslabError(f"image {tag} is not built: run `sudo nslab images build {spec.name}`")
         build([spec.name], progress=progress)
     return tag
 

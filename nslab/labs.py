@@ -1,8 +1,11 @@
 """Lab discovery and the lab contract (`labs/<id>/lab.yaml`).
 
 A lab is a folder: `lab.yaml` (what to bring up and how to grade it),
-`README.md` (the guide), `starter/`, `solution/` (never shipped to students)
-and `checks/` (pytest files run by the grader). The lab id is the folder name.
+`README.md` (the guide), `starter/`, `checks/` (pytest files run by the
+grader), and two grader-only folders that a student release leaves out:
+`solution/` and `grader/` (hidden checks in `grader/checks/`, hidden variants
+in `grader/variants.yaml`, and any other grader-only code). The lab id is the
+folder name.
 `load_lab` validates lab.yaml and reports every problem with file, line and key.
 """
 
@@ -21,6 +24,7 @@ from nslab.errors import NslabError
 from nslab.problems import Problem, Problems
 from nslab.yamlsrc import YamlError, duplicate_problems, line_at, parse, plain
 
+GRADER_DIR = "grader"  # labs/<id>/grader/: grader-only files, never in a student release
 VISIBILITIES = ("visible", "hidden", "after_due_date", "after_published")
 _TOP_KEYS = {
     "title",
@@ -249,28 +253,11 @@ def load_lab(path: Path) -> LabSpec:
     if isinstance(due, dt.datetime) and due.tzinfo is None:
         due = due.astimezone()  # local time, like a human writes it
 
-    variants = []
-    raw_variants = data.get("variants") or {}
-    if not isinstance(raw_variants, dict):
-        p.add("variants", "must be a mapping name -> {params, visibility, weight}")
-        raw_variants = {}
-    for vname, v in raw_variants.items():
-        key = f"variants.{vname}"
-        if not isinstance(v, dict):
-            p.add(key, "must be a mapping with params / visibility / weight")
-            continue
-        if not re.fullmatch(r"[A-Za-z0-9_]+", str(vname)) or vname == "default":
-            p.add(key, "variant names are letters, digits, '_' and not 'default'")
-        _unknown(p, key + ".", v, _VARIANT_KEYS)
-        vis = v.get("visibility", "hidden")
-        if vis not in VISIBILITIES:
-            p.add(f"{key}.visibility", f"must be one of {', '.join(VISIBILITIES)}")
-        vparams = v.get("params") or {}
-        if not isinstance(vparams, dict):
-            p.add(f"{key}.params", "must be a mapping")
-            vparams = {}
-        weight = _number(p, f"{key}.weight", v.get("weight", 1.0)) or 1.0
-        variants.append(Variant(str(vname), {**params, **vparams}, vis, weight))
+    variants = _variants(p, "variants", data.get("variants") or {}, params)
+    # Grader-only variants (hidden from students; a student release drops grader/).
+    gfile = path / GRADER_DIR / "variants.yaml"
+    if gfile.is_file():
+        variants += _grader_variants(gfile, params, {v.name for v in variants})
 
     if p.found:
         raise LabError("\n".join(p.found.messages()))
@@ -291,6 +278,49 @@ def load_lab(path: Path) -> LabSpec:
         due=due,
         variants=variants,
     )
+
+
+def _variants(p: _Problems, where: str, raw: Any, params: dict[str, Any]) -> list[Variant]:
+    if not isinstance(raw, dict):
+        p.add(where, "must be a mapping name -> {params, visibility, weight}")
+        return []
+    variants = []
+    for vname, v in raw.items():
+        key = f"{where}.{vname}" if where else str(vname)
+        if not isinstance(v, dict):
+            p.add(key, "must be a mapping with params / visibility / weight")
+            continue
+        if not re.fullmatch(r"[A-Za-z0-9_]+", str(vname)) or vname == "default":
+            p.add(key, "variant names are letters, digits, '_' and not 'default'")
+        _unknown(p, key + ".", v, _VARIANT_KEYS)
+        vis = v.get("visibility", "hidden")
+        if vis not in VISIBILITIES:
+            p.add(f"{key}.visibility", f"must be one of {', '.join(VISIBILITIES)}")
+        vparams = v.get("params") or {}
+        if not isinstance(vparams, dict):
+            p.add(f"{key}.params", "must be a mapping")
+            vparams = {}
+        weight = _number(p, f"{key}.weight", v.get("weight", 1.0)) or 1.0
+        variants.append(Variant(str(vname), {**params, **vparams}, vis, weight))
+    return variants
+
+
+def _grader_variants(file: Path, params: dict[str, Any], taken: set[str]) -> list[Variant]:
+    """`grader/variants.yaml`: the same mapping as lab.yaml's `variants:`."""
+    try:
+        raw = parse(file.read_text())
+    except OSError as exc:
+        raise LabError(f"{file}: cannot read: {exc.strerror}") from None
+    except YamlError as exc:
+        raise LabError(str(exc.as_problem(str(file), "not valid YAML"))) from None
+    p = _Problems(file, raw)
+    variants = _variants(p, "", plain(raw) or {}, params)
+    for v in variants:
+        if v.name in taken:
+            p.add(v.name, "this variant is also in lab.yaml: define it in one place")
+    if p.found:
+        raise LabError("\n".join(p.found.messages()))
+    return variants
 
 
 def _service(p: _Problems, key: str, s: Any) -> Service:

@@ -14,7 +14,8 @@ PKGS=(mininet openvswitch-switch openvswitch-common iproute2 iputils-ping ethtoo
       iperf3 tcpdump tshark iptables nftables bridge-utils procps
       docker.io debootstrap graphviz python3-venv python3-pip python3-dev python3-setuptools
       socat curl ca-certificates bubblewrap
-      vagrant)  # vagrant: only to validate the Vagrantfile in the test suite
+      vagrant  # vagrant: only to validate the Vagrantfile in the test suite
+      sudo)    # sudo: the guides' `sudo nslab ...` (tests run it; Vagrant boxes have it)
 # Lab 0 fairness (benchmarks/lab0_fairness.sh): grading under CPU load.
 PKGS+=(stress-ng)
 
@@ -90,4 +91,15 @@ fi
 # Unprivileged user that runs student code under grading (nslab check/grade create it too).
 id nslab-student >/dev/null 2>&1 || useradd --system --user-group --no-create-home \
   --home-dir /nonexistent --shell /usr/sbin/nologin nslab-student
+# `sudo nslab ...`: sudo's secure_path (Debian and Ubuntu) drops the venv from
+# PATH, so put a root-owned link in /usr/local/bin, which secure_path keeps.
+# With several checkouts on one machine, the one that provisioned last wins.
+# Only a link (ours or another checkout's) is replaced, never a real file.
+LINK=/usr/local/bin/nslab
+if [ -e "$LINK" ] && [ ! -L "$LINK" ]; then
+  log "note: $LINK is not a link made by provisioning; left alone (use $VENV/bin/nslab)"
+else
+  ln -sfn "$VENV/bin/nslab" "$LINK"
+  log "sudo nslab runs $ROOT (this checkout provisioned last; $LINK -> $VENV/bin/nslab)"
+fi
 log "ready"

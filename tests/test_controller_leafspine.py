@@ -502,6 +502,7 @@ def test_fabric_router_without_hosts_in_the_fabric_refuses_to_start(
         leafspine.attach("fabric_router", view="switches-only")
 
 
+@pytest.mark.needs_solution
 def test_solution_installs_flows_and_spreads_over_both_spines(leafspine: HandFabric) -> None:
     fab = leafspine
     fab.attach(str(SOLUTION))
@@ -519,6 +520,7 @@ def test_solution_installs_flows_and_spreads_over_both_spines(leafspine: HandFab
     assert sum(carried.values()) >= 8 * 16 * 2
 
 
+@pytest.mark.needs_solution
 def test_solution_floods_broadcasts_without_a_storm(leafspine: HandFabric) -> None:
     fab = leafspine
     fab.attach(str(SOLUTION))

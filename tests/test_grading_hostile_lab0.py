@@ -32,7 +32,7 @@ from nslab.grading import sandbox
 from nslab.grading.runner import grade_batch
 from nslab.labs import find_lab, labs_root
 
-pytestmark = [pytest.mark.root, pytest.mark.slow]
+pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.needs_solution]
 LAB0 = labs_root() / "00-sdn-warmup"
 # Names of its own (sandbox users tgrdzl, tgrdzl1; lab prefix tgrdz), so that
 # other grading tests running at the same time on a shared machine, whose

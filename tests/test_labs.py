@@ -17,6 +17,7 @@ LABS = [s for s in list_labs(labs_root())]
 
 @pytest.mark.slow
 @pytest.mark.root
+@pytest.mark.needs_solution  # skipped in a student release (conftest.py); here a missing solution fails
 @pytest.mark.parametrize("spec", LABS, ids=[s.id for s in LABS])
 def test_solution_full_marks_starter_less(spec, tmp_path):
     if os.geteuid() != 0:

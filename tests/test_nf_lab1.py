@@ -25,6 +25,7 @@ from nslab.nf.netns import NetnsSet
 from nslab.wait import wait_until
 
 pytestmark = [
+    pytest.mark.needs_solution,
     pytest.mark.root,
     pytest.mark.slow,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, raw sockets)"),

@@ -71,3 +71,26 @@ def test_demo_shows_the_datacenter_working():
     assert "all-pairs reachability: 12/12 pairs answered (0% loss)" in r.stdout
     assert "iperf3 h1 (rack 1) -> h4 (rack 2)" in r.stdout
     assert "lab demo is down" in r.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="provisioning needs root")
+def test_sudo_nslab_runs_after_provisioning():
+    """`sudo nslab ...` (the docs' convention) finds a provisioned checkout's CLI
+    through sudo's secure_path, even from a PATH without the venv."""
+    link = Path("/usr/local/bin/nslab")
+    assert link.is_symlink(), "scripts/provision.sh makes /usr/local/bin/nslab a link"
+    target = Path(os.readlink(link))
+    assert target.name == "nslab" and target.parent.name == "bin", target
+    assert target.parent.parent.name == ".venv" and target.exists(), target
+    assert link.lstat().st_uid == 0
+    if shutil.which("sudo") is None:
+        pytest.skip("sudo is installed by provisioning")
+    r = subprocess.run(
+        ["sudo", "-n", "nslab", "lab", "list"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert r.returncode == 0, r.stderr
+    assert "00-sdn-warmup" in r.stdout

@@ -38,7 +38,7 @@ def find_lab(name: str | None) -> Lab:
 def run(args: argparse.Namespace) -> int:
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
-        raise NslabError("no command given: nslab exec NODE -- CMD ...")
+        raise NslabError("no command given: sudo nslab exec NODE -- CMD ...")
     lab = find_lab(args.name)
     inside = None if args.netns else lab.container_cmd(args.node)
     argv = [*inside, *cmd] if inside else lab.command(args.node, cmd)

@@ -22,7 +22,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "lab", metavar="ID", help="lab id (folder name under labs/) or path to a lab folder"
     )
     p.add_argument(
-        "submissions", metavar="SUBMISSION", nargs="+", type=Path, help="submission folders"
+        "submissions",
+        metavar="SUBMISSION",
+        nargs="+",
+        type=Path,
+        help="submission folders or .zip files (files nested in one subfolder are found)",
     )
     p.add_argument(
         "--out",
@@ -65,6 +69,10 @@ def run(args: argparse.Namespace) -> int:
     bad = [r for r in results if r.status != "ok"]
     print(
         f"graded {len(results)} submission(s) into {args.out}; summary: {args.out / 'summary.csv'}"
+    )
+    print(
+        f"scores to upload: {args.out / 'gradescope-scores.csv'} (Gradescope), "
+        f"{args.out / 'canvas-scores.csv'} (Canvas)"
     )
     if bad:
         print(

@@ -58,5 +58,5 @@ def run(args: argparse.Namespace) -> int:
         size = f"{r.size_mb:.0f}MB" if r.size_mb is not None else "-"
         print(f"{r.name:<10} {r.tag:<32} {state:<8} {size:>8}  {r.created or '-'}")
     if any(not r.built for r in rows):
-        print("missing images: run `nslab images build`", file=sys.stderr)
+        print("missing images: run `sudo nslab images build`", file=sys.stderr)
     return 0

@@ -38,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--variant", default=None, help="start a variant of the lab (lab.yaml `variants:`)"
     )
-    t = sub.add_parser("stop", help="stop a lab started with `nslab lab start`")
+    t = sub.add_parser("stop", help="stop a lab started with `sudo nslab lab start`")
     t.add_argument("lab", metavar="ID")
 
 
@@ -77,7 +77,7 @@ def _submission(spec: LabSpec, given: Path | None) -> Path:
 def _start(spec: LabSpec, args: argparse.Namespace) -> int:
     state_file = STATE_DIR / f"{spec.id}.json"
     if state_file.exists():
-        raise NslabError(f"lab {spec.id} is already running: `nslab lab stop {spec.id}` first")
+        raise NslabError(f"lab {spec.id} is already running: `sudo nslab lab stop {spec.id}` first")
     variant = None
     if args.variant:
         variant = next((v for v in spec.variants if v.name == args.variant), None)

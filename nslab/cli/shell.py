@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if len(args.where) > 2:
-        raise NslabError("usage: nslab shell [--name LAB] NODE  or  nslab shell LAB NODE")
+        raise NslabError("usage: sudo nslab shell [--name LAB] NODE  or  sudo nslab shell LAB NODE")
     args.node = args.where[-1]
     lab = find_lab(args.where[0] if len(args.where) == 2 else args.name)
     inside = lab.container_cmd(args.node)

@@ -40,7 +40,9 @@ def describe(lab: Lab) -> dict:
         nodes[n.name] = entry
     return {
         "name": lab.name,
-        "status": lab.state.status if lab.alive() else "crashed (run `nslab down` to clean up)",
+        "status": lab.state.status
+        if lab.alive()
+        else "crashed (run `sudo nslab down` to clean up)",
         "topology": lab.state.topology,
         "params": lab.state.params,
         "controller_port": lab.controller_port,

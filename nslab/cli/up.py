@@ -42,6 +42,6 @@ def run(args: argparse.Namespace) -> int:
         f"{len(lab.topology.nodes) - len(hosts)} switches, {len(lab.topology.links)} links"
     )
     print(
-        f"  nslab status {lab.name}    nslab exec --name {lab.name} NODE -- CMD    nslab down {lab.name}"
+        f"  sudo nslab status {lab.name}    sudo nslab exec --name {lab.name} NODE -- CMD    sudo nslab down {lab.name}"
     )
     return 0

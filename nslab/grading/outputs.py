@@ -227,3 +227,32 @@ def write_summary(results: list[SubmissionResult], path: Path) -> None:
                 ]
                 + [f"{r.execution_time:.2f}", r.output.splitlines()[0] if r.output else ""]
             )
+
+
+def _key_columns(name: str) -> tuple[str, str]:
+    """(email, id) from a result folder name: the student key the TA gave
+    the submission folder (an email address, or a student/login id)."""
+    return (name, "") if "@" in name else ("", name)
+
+
+def write_score_csvs(results: list[SubmissionResult], out: Path, title: str) -> list[Path]:
+    """Score files for platforms whose containers cannot grade the lab:
+    gradescope-scores.csv (the columns of Gradescope's "Upload Scores" template:
+    Name, SID, Email, Total Score) and canvas-scores.csv (Canvas' gradebook
+    import: Student, ID, SIS User ID, SIS Login ID, Section, then one column
+    per assignment). Rows are keyed by the submission folder's name."""
+    gs, cv = out / "gradescope-scores.csv", out / "canvas-scores.csv"
+    with open(gs, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["Name", "SID", "Email", "Total Score"])
+        for r in results:
+            email, sid = _key_columns(r.name)
+            w.writerow(["", sid, email, f"{r.score:g}"])
+    with open(cv, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["Student", "ID", "SIS User ID", "SIS Login ID", "Section", title])
+        top = max((r.max_score for r in results), default=0)
+        w.writerow(["Points Possible", "", "", "", "", f"{top:g}"])
+        for r in results:
+            w.writerow(["", "", "", r.name, "", f"{r.score:g}"])
+    return [gs, cv]

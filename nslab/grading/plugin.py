@@ -5,6 +5,7 @@ Marks
     @pytest.mark.points(n)              what the check is worth (default 1)
     @pytest.mark.partial                the check may award a fraction with record.credit()
     @pytest.mark.visibility(v)          visible (default) | hidden | after_due_date | after_published
+                                        (checks in the lab's grader/checks/ default to hidden)
     @pytest.mark.time_limit(s)          per-check timeout (default: lab.yaml check_timeout)
     @pytest.mark.variants(*names)       run only on these lab variants ('default' = lab.yaml params)
 
@@ -181,7 +182,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 def _visibility(item: pytest.Item) -> str:
     m = item.get_closest_marker("visibility")
-    vis = m.args[0] if m and m.args else "visible"
+    # checks from the lab's grader/checks/ are hidden unless marked otherwise
+    hidden_file = item.path.name in _state(item.config)["cfg"].get("hidden_files", [])
+    vis = m.args[0] if m and m.args else ("hidden" if hidden_file else "visible")
     if vis not in VISIBILITIES:
         raise pytest.UsageError(
             f"{item.nodeid}: visibility must be one of {VISIBILITIES}, not {vis!r}"

@@ -25,4 +25,9 @@ class SubmissionResult:
 
     @property
     def all_passed(self) -> bool:
-        return bool(self.tests) and all(t["outcome"] == "passed" for t in self.tests)
+        """Every check passed; a skipped check worth 0 points (e.g. one that
+        needs tc netem where the kernel has none) does not count against it."""
+        return bool(self.tests) and all(
+            t["outcome"] == "passed" or (t["outcome"] == "skipped" and t["max_score"] == 0)
+            for t in self.tests
+        )

@@ -26,9 +26,9 @@ from pathlib import Path
 from nslab import cgroup
 from nslab.engine.state import RUN_DIR
 from nslab.errors import NslabError
-from nslab.grading import outputs, sandbox
+from nslab.grading import outputs, sandbox, submissions
 from nslab.grading.result import SubmissionResult
-from nslab.labs import LabSpec
+from nslab.labs import GRADER_DIR, LabSpec
 
 PREFIX_ENV = "NSLAB_GRADE_PREFIX"  # prefix of everything a grading run creates on the host
 _SKIP_COPY = {"solution", "starter", "__pycache__", ".pytest_cache"}
@@ -89,9 +89,12 @@ def _dir_size_mb(path: Path) -> float:
     return total / 1e6
 
 
-def _copy_lab(spec: LabSpec, dest: Path) -> Path:
-    """Copy what grading needs (lab.yaml, checks/, topology files; never
-    solution/ or starter/) into the root-only grading dir."""
+def _copy_lab(spec: LabSpec, dest: Path) -> tuple[Path, list[str]]:
+    """Copy what grading needs (lab.yaml, checks/, grader/, topology files;
+    never solution/ or starter/) into the root-only grading dir. The hidden
+    checks of `grader/checks/` join the public ones in checks/ (so they share
+    its conftest.py); their file names are returned: their checks are hidden
+    unless marked otherwise."""
     target = dest / spec.id
     shutil.copytree(
         spec.path,
@@ -99,7 +102,18 @@ def _copy_lab(spec: LabSpec, dest: Path) -> Path:
         symlinks=True,
         ignore=lambda d, names: [n for n in names if n in _SKIP_COPY],
     )
-    return target
+    hidden = []
+    gchecks = spec.path / GRADER_DIR / "checks"
+    for f in sorted(gchecks.glob("*.py")) if gchecks.is_dir() else []:
+        if (target / "checks" / f.name).exists():
+            raise NslabError(
+                f"{f}: checks/{f.name} exists too; give the hidden check file another name"
+            )
+        (target / "checks").mkdir(exist_ok=True)
+        shutil.copy(f, target / "checks" / f.name)
+        if f.name.startswith("test_"):
+            hidden.append(f.name)
+    return target, hidden
 
 
 def grade_one(
@@ -133,15 +147,19 @@ def grade_one(
     instance = _instance_name(prefix)
     user = sandbox.slot_user(user_base, slot)
     try:
-        if not submission.is_dir():
-            res.output = f"{submission}: not a folder"
+        try:  # a .zip, or the files inside a folder of their own
+            submission = submissions.prepare(
+                submission, spec.submit, gdir / "unpacked", MAX_SUBMISSION_MB
+            )
+        except submissions.SubmissionError as exc:
+            res.output = str(exc)
             return res
         if _dir_size_mb(submission) > MAX_SUBMISSION_MB:
             res.output = f"{submission}: larger than {MAX_SUBMISSION_MB} MB; not graded"
             return res
         sandbox.ensure_user(user)
         sandbox.kill_user_processes(user)  # leftovers of an earlier, interrupted run
-        lab_copy = _copy_lab(spec, gdir / "lab")
+        lab_copy, hidden_files = _copy_lab(spec, gdir / "lab")
         limits = sandbox.Limits.from_dict(spec.limits)
         workdir = sandbox.make_workdir("/tmp", f"{prefix}-work-", user, limits, submission)
         cfg = {
@@ -150,6 +168,7 @@ def grade_one(
             "user": user,
             "limits": limits.as_dict(),
             "visibility": visibility,
+            "hidden_files": hidden_files,
             "results": str(gdir / "results.jsonl"),
             "logs": str(gdir / "logs"),
             "artifacts": str(gdir / "artifacts"),
@@ -304,11 +323,12 @@ def _write_outputs(res: SubmissionResult, gdir: Path, out_dir: Path) -> None:
 
 
 def unique_names(submissions: list[Path]) -> list[str]:
-    """Result folder names: the basename, with -2, -3, ... where two clash."""
+    """Result folder names: the basename (without .zip), with -2, -3, ... where two clash."""
     seen: dict[str, int] = {}
     names = []
     for s in submissions:
-        base = Path(s).resolve().name or "submission"
+        p = Path(s).resolve()
+        base = (p.stem if p.suffix.lower() == ".zip" else p.name) or "submission"
         n = seen.get(base, 0) + 1
         seen[base] = n
         name = base if n == 1 else f"{base}-{n}"
@@ -372,4 +392,5 @@ def grade_batch(
         list(ex.map(work, range(len(submissions))))
     final = [r for r in results if r is not None]
     outputs.write_summary(final, out / "summary.csv")
+    outputs.write_score_csvs(final, out, spec.title)
     return final

@@ -18,6 +18,7 @@ import grading_support
 import pytest
 from grading_support import DATA, ECHO, make_lab
 
+from nslab.cli.lab import STATE_DIR
 from nslab.grading import runner
 from nslab.labs import load_lab
 
@@ -264,7 +265,7 @@ def test_lab_start_keeps_it_up_until_stop(grading_env, tmp_path):
     labs = tmp_path / "labs"
     shutil.copytree(ECHO, labs / "tgrd-echo")
     env = dict(os.environ, NSLAB_LABS=str(labs))
-    state = Path("/run/nslab-labs/tgrd-echo.json")
+    state = STATE_DIR / "tgrd-echo.json"
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

@@ -147,7 +147,9 @@ class GradedLab:
         if svc.user == "grader":
             # Trusted lab code as root: never from the student's dir (python -m would
             # put it first on sys.path, and a student's module would run as root).
-            env = dict(os.environ, PYTHONSAFEPATH="1", **svc.env)
+            # NSLAB_LAB: the lab's label, so that the engine's teardown and
+            # `nslab down --all` find these root services too.
+            env = dict(os.environ, PYTHONSAFEPATH="1", **svc.env, NSLAB_LAB=self.instance)
             kw.update(cwd=str(self.spec.path), start_new_session=True, env=env)
             proc = self.popen(svc.node, argv, **kw)
         elif svc.node is None and not svc.caps:

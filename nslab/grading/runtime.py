@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from nslab.errors import NslabError
-from nslab.grading import sandbox
+from nslab.grading import container_service, sandbox
 from nslab.labs import LabSpec, Service, Variant
 from nslab.measure.iperf import free_port
 
@@ -144,7 +144,11 @@ class GradedLab:
         kw: dict[str, Any] = dict(
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
         )
-        if svc.user == "grader":
+        if svc.user != "grader" and container_service.in_container(self, svc.node):
+            # Hook (NF containers, lab 1): student code on a container node runs
+            # inside that container; see nslab/grading/container_service.py.
+            proc = container_service.start(self, svc, log)
+        elif svc.user == "grader":
             # Trusted lab code as root: never from the student's dir (python -m would
             # put it first on sys.path, and a student's module would run as root).
             # NSLAB_LAB: the lab's label, so that the engine's teardown and

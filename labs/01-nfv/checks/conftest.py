@@ -283,6 +283,16 @@ def _stop_nfs(lab) -> dict[str, int | None]:
             codes[nf] = None if p is None else p.wait(timeout=max(end - time.monotonic(), 0.1))
         except Exception:  # noqa: BLE001 - still running: the lab's teardown kills it
             codes[nf] = None
+    # An NF in a container runs under nsenter, which exits at once on SIGTERM:
+    # wait (bounded) until the NF itself, in the same process group, is gone
+    # too, so that its report is complete before it is read.
+    for p in procs.values():
+        while p is not None and time.monotonic() < end:
+            try:
+                os.killpg(p.pid, 0)
+            except OSError:
+                break
+            time.sleep(0.05)
     return codes
 
 

@@ -18,6 +18,9 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -58,6 +61,39 @@ def hostile_submission(dest: Path, starter: Path, marks: Path) -> None:
     (dest / "hostile.pth").write_text("import builtins; " + mark("pth"))
     (dest / "pytest.ini").write_text("[pytest]\naddopts = -p hostile_plugin\n")
     (dest / "hostile_plugin.py").write_text(mark("plugin"))
+
+
+def test_the_probe_finds_what_it_can_read():
+    """The control: outside the sandbox, as an unprivileged user, the probe
+    does find a readable check and solution (so its silence in the NF
+    containers means something)."""
+    ctl = Path(tempfile.mkdtemp(prefix="nfvh-ctl-"))  # /tmp: traversable by any user
+    try:
+        os.chmod(ctl, 0o755)
+        lab = ctl / "labs" / "01-nfv"
+        for part, text in (
+            ("checks/test_nfv.py", "def _report_agrees"),
+            ("solution/napt.py", "class NAPT(Element)"),
+        ):
+            (lab / part).parent.mkdir(parents=True)
+            (lab / part).write_text(text + "(): pass\n")
+        code = (
+            "import hostile_probe as h; "
+            f"f, m = h.find_secrets('napt', 2.0, first=({str(ctl)!r},)); print(m); print(f)"
+        )
+        r = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+            + [sys.executable, "-c", code],
+            cwd=PROBE.parent,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        shutil.rmtree(ctl)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0] == str(lab / "solution" / "napt.py"), r.stdout
+    assert str(lab / "checks" / "test_nfv.py") in r.stdout
 
 
 def test_hostile_submission_gains_nothing(tmp_path):

@@ -31,7 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nslab.nf.netns import NetnsSet, wait_for  # noqa: E402
+from nslab.nf.netns import NetnsSet  # noqa: E402
+from nslab.wait import WaitTimeout, wait_until  # noqa: E402
 
 CONFIG = ROOT / "nslab/nf/configs/passthrough.click"
 BATCH = 256
@@ -166,12 +167,16 @@ def main() -> int:
             )
             base = rx_packets(n, dst)
             probe = frame(64)
-            ok = wait_for(
-                lambda probe=probe, base=base: _probe(n, src, probe) and rx_packets(n, dst) > base,
-                timeout=10,
-            )
-            if not ok:
-                print("the NF did not start forwarding", n.stop(nf), file=sys.stderr)
+            try:
+                wait_until(
+                    lambda probe=probe, base=base: (
+                        _probe(n, src, probe) and rx_packets(n, dst) > base
+                    ),
+                    timeout=10,
+                    what="the NF to forward a probe frame",
+                )
+            except WaitTimeout as exc:
+                print(exc, n.stop(nf), file=sys.stderr)
                 return 1
             t = measure(n, src, dst, size, a.seconds, pid=nf.pid)
             n.stop(nf)

@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 from nslab.cli.status import table
 from nslab.engine import Lab, up
+from nslab.wait import wait_until
 
 
 def all_pairs(lab: Lab) -> tuple[int, int]:
@@ -33,11 +33,11 @@ def all_pairs(lab: Lab) -> tuple[int, int]:
 def iperf(lab: Lab, client: str, server: str, seconds: int = 3) -> float:
     srv = lab.popen(server, ["iperf3", "-s", "-1"], stdout=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 10
-        while ":5201 " not in lab.exec(server, ["ss", "-Hltn"]).stdout:
-            if time.monotonic() > deadline:
-                raise RuntimeError("iperf3 server did not start")
-            time.sleep(0.05)
+        wait_until(
+            lambda: ":5201 " in lab.exec(server, ["ss", "-Hltn"]).stdout,
+            timeout=10,
+            what=f"the iperf3 server on {server} to listen on port 5201",
+        )
         r = lab.exec(client, ["iperf3", "-c", lab.ip(server), "-t", str(seconds), "-J"], timeout=30)
         return json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"] / 1e6
     finally:

@@ -130,6 +130,8 @@ def probe() -> list[Capability]:
             else "container nodes (NFs, pods) cannot start: run `sudo make provision`",
         )
     )
+    caps.append(_cgroup_capability())
+    caps.append(_sandbox_capability())
     caps.append(_rdma_capability())
     if gpu_present():
         from nslab.serving.devices import cuda_available
@@ -165,6 +167,45 @@ def probe() -> list[Capability]:
             )
         )
     return caps
+
+
+def _cgroup_capability() -> Capability:
+    from nslab import cgroup
+
+    if not cgroup.available():
+        return Capability(
+            "cgroup",
+            "missing",
+            cgroup.describe(),
+            "teardown finds processes by their NSLAB_LAB label and the student user; "
+            "no per-submission memory/pids limits beyond rlimits",
+        )
+    if cgroup.limits_backend() == "v2":
+        return Capability("cgroup", "real", cgroup.describe())
+    return Capability(
+        "cgroup",
+        "fallback",
+        cgroup.describe(),
+        "same ownership and kill; limits and figures from cgroup v1"
+        if cgroup.limits_backend() == "v1"
+        else "ownership and kill only: no memory/pids limits by cgroup",
+    )
+
+
+def _sandbox_capability() -> Capability:
+    if shutil.which("bwrap"):
+        return Capability(
+            "sandbox",
+            "real",
+            "bubblewrap: student code sees the OS, the kit's packages and its work dir only",
+        )
+    return Capability(
+        "sandbox",
+        "missing",
+        "bubblewrap (bwrap) not installed",
+        "student code runs as its own user with rlimits but sees the host's files: "
+        "run `sudo make provision` before grading",
+    )
 
 
 def _rdma_capability() -> Capability:

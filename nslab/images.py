@@ -34,13 +34,13 @@ from pathlib import Path
 
 import yaml
 
+from nslab import REPO_ROOT
 from nslab.containers import docker, docker_bin, require_docker
 from nslab.errors import NslabError
 
 # Bump when the build procedure changes in a way that changes images.
 FORMAT = "nslab-images-1"
 SUITE = "bookworm"
-REPO_ROOT = Path(__file__).resolve().parent.parent
 LOCK_FILE = Path("/run/lock/nslab-images.lock")
 DEFAULT_LOG_DIR = Path("/var/log/nslab/images")
 MANIFEST_KEYS = {"from", "include", "optional"}

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from nslab import REPO_ROOT
 from nslab.errors import NslabError
+from nslab.problems import Problem, Problems
+from nslab.yamlsrc import YamlError, duplicate_problems, line_at, parse, plain
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 VISIBILITIES = ("visible", "hidden", "after_due_date", "after_published")
 _TOP_KEYS = {
     "title",
@@ -148,28 +148,13 @@ def find_lab(lab_id: str, root: Path | None = None) -> LabSpec:
 
 
 class _Problems:
-    def __init__(self, file: Path, root: yaml.MappingNode | None):
-        self.file, self.root, self.items = file, root, []
+    """The problems of one lab.yaml; each key's line comes from the parsed source."""
 
-    def add(self, key: str, msg: str, node: yaml.Node | None = None) -> None:
-        node = node if node is not None else self._find(key)
-        line = f":{node.start_mark.line + 1}" if node is not None else ""
-        self.items.append(f"{self.file}{line}: {key}: {msg}")
+    def __init__(self, file: Path, raw: Any):
+        self.file, self.raw, self.found = str(file), raw, Problems()
 
-    def _find(self, dotted: str) -> yaml.Node | None:
-        node: yaml.Node | None = self.root
-        for part in dotted.split("."):
-            if isinstance(node, yaml.MappingNode):
-                node = next((v for k, v in node.value if k.value == part), None)
-            elif (
-                isinstance(node, yaml.SequenceNode)
-                and part.isdigit()
-                and int(part) < len(node.value)
-            ):
-                node = node.value[int(part)]
-            else:
-                return node
-        return node
+    def add(self, key: str, msg: str) -> None:
+        self.found.append(Problem(self.file, line_at(self.raw, key), key, msg))
 
 
 def _unknown(p: _Problems, where: str, data: dict, allowed: set[str]) -> None:
@@ -192,16 +177,17 @@ def load_lab(path: Path) -> LabSpec:
     path = Path(path).resolve()
     file = path / "lab.yaml"
     try:
-        text = file.read_text()
-        root = yaml.compose(text)
-        data = yaml.safe_load(text)
+        raw = parse(file.read_text())
     except OSError as exc:
         raise LabError(f"{file}: cannot read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise LabError(f"{file}: not valid YAML: {exc}") from None
-    p = _Problems(file, root if isinstance(root, yaml.MappingNode) else None)
-    if not isinstance(data, dict):
+    except YamlError as exc:
+        raise LabError(str(exc.as_problem(str(file), "not valid YAML"))) from None
+    if not isinstance(raw, dict):
         raise LabError(f"{file}: must be a mapping with at least `title:`")
+    p = _Problems(file, raw)
+    for dup in duplicate_problems(raw, str(file)):
+        p.found.append(dup)
+    data = plain(raw)
     _unknown(p, "", data, _TOP_KEYS)
 
     title = data.get("title")
@@ -286,8 +272,8 @@ def load_lab(path: Path) -> LabSpec:
         weight = _number(p, f"{key}.weight", v.get("weight", 1.0)) or 1.0
         variants.append(Variant(str(vname), {**params, **vparams}, vis, weight))
 
-    if p.items:
-        raise LabError("\n".join(p.items))
+    if p.found:
+        raise LabError("\n".join(p.found.messages()))
     return LabSpec(
         id=path.name,
         path=path,

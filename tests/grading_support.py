@@ -16,7 +16,9 @@ from nslab.grading import sandbox
 DATA = Path(__file__).parent / "data" / "grading"
 ECHO = DATA / "labs" / "echo"
 SUBS = DATA / "submissions"
-USER = "tgrdstu"  # base of the tests' sandbox users: tgrdstu, tgrdstu1, ...
+# Base of this test run's sandbox users (tgNNNNNs, tgNNNNNs1, ...): unique per
+# pytest process, so that suites running side by side never delete each other's.
+USER = f"tg{os.getpid() % 100000:05d}s"
 
 
 def _users() -> list[str]:

@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from nslab.controller import free_port, start_controller
+from nslab.wait import WaitTimeout, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "controller_data"
@@ -208,13 +209,17 @@ class HandFabric:
         for sw in self.switches:
             cmd += ["--", "set-controller", self.bridge(sw), f"tcp:127.0.0.1:{port}"]
         run(cmd)
-        deadline = time.monotonic() + 60
-        while not all(self.table_miss(sw) is not None for sw in self.switches):
-            if time.monotonic() > deadline or self.controller.poll() is not None:
-                raise AssertionError(
-                    f"switches did not get the app's table-miss flow:\n{self.log.read_text()[-3000:]}"
-                )
-            time.sleep(0.1)
+
+        def installed() -> bool:
+            assert self.controller.poll() is None, self.log.read_text()[-3000:]
+            return all(self.table_miss(sw) is not None for sw in self.switches)
+
+        try:
+            wait_until(
+                installed, 60, interval=0.1, what="the app's table-miss flow on every switch"
+            )
+        except WaitTimeout as exc:
+            raise AssertionError(f"{exc}:\n{self.log.read_text()[-3000:]}") from None
 
     # ------------------------------------------------------------ observations
 

@@ -8,13 +8,13 @@ import socket
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from nslab.controller import free_port, resolve_app, start_controller
 from nslab.errors import NslabError
+from nslab.wait import wait_until
 
 DATA = Path(__file__).parent / "controller_data"
 
@@ -72,10 +72,9 @@ def test_fabric_path_reaches_the_app(running, tmp_path) -> None:
     fabric = tmp_path / "fabric.json"
     fabric.write_text('{"switches": {"s1": {"dpid": 7, "ports": {}}}}')
     _, _, log = running("l2_learning", fabric=fabric)
-    deadline = time.monotonic() + 10
-    while "fabric with switches [7]" not in log.read_text():
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.05)
+    wait_until(
+        lambda: "fabric with switches [7]" in log.read_text(), 10, what="the fabric log line"
+    )
 
 
 def test_errors_are_clear(tmp_path) -> None:
@@ -129,14 +128,15 @@ def test_ryu_manager_flag_spelling(tmp_path) -> None:
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:  # the runner itself does not say when it listens: poll, bounded
+
+        def hello() -> tuple[int, int] | None:  # the runner does not say when it listens
             try:
-                assert openflow_hello(port) == (4, 0)
-                break
+                return openflow_hello(port)
             except ConnectionRefusedError:
-                assert proc.poll() is None and time.monotonic() < deadline, "never listened"
-                time.sleep(0.1)
+                assert proc.poll() is None, "the runner exited"
+                return None
+
+        assert wait_until(hello, 30, interval=0.1, what="an OpenFlow hello") == (4, 0)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=10)

@@ -108,7 +108,8 @@ def test_a_fork_bomb_is_contained(batch):
 def test_secrets_stay_secret(batch):
     results, out = batch
     log = (out / "snoop" / "logs" / "default" / "app.log").read_text()
-    assert "Permission denied" in log  # it tried, and the permissions stopped it
+    # It tried, and found nothing: the sandbox's file-system view has no checkout.
+    assert "No such file or directory" in log and "Permission denied" not in log
     for path in (out / "snoop").rglob("*"):
         if (
             path.is_file() and path.name != "grader.log"

@@ -18,6 +18,7 @@ import grading_support
 import pytest
 from grading_support import ECHO
 
+from nslab import cgroup
 from nslab.grading import sandbox
 
 pytestmark = pytest.mark.root
@@ -142,17 +143,111 @@ def test_workdir_has_its_own_quota_and_copies_links_as_links(user, tmp_path):
     assert str(wd) not in Path("/proc/self/mountinfo").read_text()
 
 
-def test_protected_dirs_are_unreadable_for_the_student(user):
-    d = Path(tempfile.mkdtemp(prefix="tgrd-secret-", dir="/tmp"))
+def sandboxed(user, code: str, cwd: str, cgroup_spec: str | None = None, timeout: float = 30):
+    """`code` run by the kit's interpreter through the sandbox wrapper."""
+    argv = sandbox.wrapper_argv(user=user, limits=sandbox.Limits(), cwd=cwd, cgroup=cgroup_spec)
+    return subprocess.run(
+        [*argv, sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=sandbox.student_env(cwd),
+    )
+
+
+@pytest.mark.skipif(not sandbox.has_bwrap(), reason="bubblewrap is not installed")
+def test_the_sandbox_sees_no_checkout_no_grader_and_no_other_work(user):
+    """Student code sees the OS, the kit's venv and public packages, its own
+    work dir and a private /tmp: not the checkout (checks, solutions, .git),
+    not another work dir, not the grader's processes."""
+    from nslab.labs import REPO_ROOT, labs_root
+
+    wd = sandbox.make_workdir("/tmp", "tgrd-view-", user, sandbox.Limits(), None)
+    other = Path(tempfile.mkdtemp(prefix="tgrd-other-", dir="/tmp"))
+    (other / "answer.txt").write_text("42")
+    git_dir = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "rev-parse", "--absolute-git-dir"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    probe = f"""
+import json, os
+def can(p):
     try:
-        os.chmod(d, 0o755)
-        (d / "s.txt").write_text("secret")
-        os.chmod(d / "s.txt", 0o644)
-        assert "secret" in run_as(user, f"print(open('{d}/s.txt').read())").stdout
-        assert sandbox.protect(d) and not sandbox.protect(d)
-        assert "Permission denied" in run_as(user, f"print(open('{d}/s.txt').read())").stderr
+        os.listdir(p) if os.path.isdir(p) else open(p).read(1)
+        return True
+    except OSError:
+        return False
+print(json.dumps({{
+    "labs": can({str(labs_root() / "00-sdn-warmup" / "lab.yaml")!r}),
+    "git": bool({git_dir!r}) and can({git_dir!r} + "/HEAD"),
+    "tests": can({str(REPO_ROOT / "tests")!r}),
+    "other": can({str(other / "answer.txt")!r}),
+    "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
+    "own": can("mine.txt") or open("mine.txt", "w").write("x") == 1,
+    "nslab": __import__("nslab").__name__,
+}}))
+"""
+    try:
+        r = sandboxed(user, probe, str(wd))
+        assert r.returncode == 0, r.stderr
+        seen = json.loads(r.stdout.strip().splitlines()[-1])
+        assert seen["nslab"] == "nslab" and seen["own"]
+        assert not seen["labs"] and not seen["git"] and not seen["tests"] and not seen["other"]
+        assert max(seen["pids"]) < 10, f"grader processes visible: {seen['pids']}"
     finally:
-        subprocess.run(["rm", "-rf", str(d)])
+        sandbox.remove_workdir(wd)
+        subprocess.run(["rm", "-rf", str(other)])
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan is reaped by init a little later)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not cgroup.available(), reason="no writable cgroup v2 tree")
+@pytest.mark.parametrize("fs_view", ["bwrap", "none"])
+def test_a_forked_daemon_does_not_outlive_the_submission(user, fs_view, monkeypatch):
+    """A daemon that double-forks and leaves its session: in bubblewrap's PID
+    namespace it dies with the sandbox; without that view (NSLAB_SANDBOX_FS=0)
+    it is still in the submission's cgroup, and one kill ends it."""
+    if fs_view == "bwrap" and not sandbox.has_bwrap():
+        pytest.skip("bubblewrap is not installed")
+    monkeypatch.setenv("NSLAB_SANDBOX_FS", "1" if fs_view == "bwrap" else "0")
+    wd = sandbox.make_workdir("/tmp", "tgrd-fork-", user, sandbox.Limits(), None)
+    lab = f"tgrdcg{os.getpid()}"
+    code = (
+        "import os, time\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    if os.fork() == 0:\n"
+        "        open('daemon.pid', 'w').write(str(os.getpid())); time.sleep(300)\n"
+        "    os._exit(0)\n"
+        "while not os.path.exists('daemon.pid'): time.sleep(0.01)\n"
+    )
+    try:
+        env = dict(sandbox.student_env(str(wd)), NSLAB_SANDBOX_FS=os.environ["NSLAB_SANDBOX_FS"])
+        argv = sandbox.wrapper_argv(
+            user=user, limits=sandbox.Limits(), cwd=str(wd), cgroup=f"{lab}/student/x"
+        )
+        # no pipes: the daemon would hold them open
+        r = subprocess.run([*argv, sys.executable, "-c", code], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, timeout=30, env=env)  # fmt: skip
+        assert r.returncode == 0
+        left = cgroup.pids(lab)
+        if fs_view == "bwrap":
+            assert left == [], f"the daemon outlived its sandbox: {left}"
+        else:
+            assert left, "the daemon should still run (it escaped its parent)"
+        assert cgroup.kill(lab)
+        assert not [p for p in left if _running(p)]
+        assert lab not in cgroup.labs()
+    finally:
+        cgroup.kill(lab)
+        sandbox.remove_workdir(wd)
 
 
 def test_limits_are_clamped_to_hard_limits():
@@ -171,3 +266,33 @@ def test_refuses_root():
     with pytest.raises(sandbox.NslabError, match="root"):
         sandbox.demote("root")
     assert ECHO.is_dir()
+
+
+@pytest.mark.skipif(not cgroup.available(), reason="no writable cgroup v2 tree")
+def test_freezing_student_code_stops_it_while_the_grader_measures(user):
+    """GradedLab.student_frozen: a spinning student process gets no CPU while frozen."""
+    wd = sandbox.make_workdir("/tmp", "tgrd-frz-", user, sandbox.Limits(), None)
+    lab = f"tgrdfz{os.getpid()}"
+    argv = sandbox.wrapper_argv(
+        user=user, limits=sandbox.Limits(), cwd=str(wd), cgroup=f"{lab}/student/spin"
+    )
+    proc = subprocess.Popen([*argv, sys.executable, "-c", "while True: pass"],
+                            env=sandbox.student_env(str(wd)))  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while cgroup.usage(lab, "student").get("cpu_s", 0) < 0.2:
+            assert time.monotonic() < deadline and proc.poll() is None, "it never ran"
+            time.sleep(0.05)
+        cgroup.freeze(lab, "student", True)
+        frozen_at = cgroup.usage(lab, "student")["cpu_s"]
+        time.sleep(0.5)
+        assert cgroup.usage(lab, "student")["cpu_s"] - frozen_at < 0.05
+        cgroup.freeze(lab, "student", False)
+        deadline = time.monotonic() + 10
+        while cgroup.usage(lab, "student")["cpu_s"] - frozen_at < 0.1:
+            assert time.monotonic() < deadline, "it did not resume"
+            time.sleep(0.05)
+    finally:
+        cgroup.kill(lab)
+        proc.wait(timeout=10)
+        sandbox.remove_workdir(wd)

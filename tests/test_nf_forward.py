@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from nslab.nf.netns import NetnsSet, wait_for
+from nslab.nf.netns import NetnsSet
+from nslab.wait import WaitTimeout, wait_until
 
 pytestmark = [
     pytest.mark.root,
@@ -66,7 +67,10 @@ def test_passthrough_forwards_pings_and_reports(line, tmp_path, nsenter):
         nsenter=nsenter,
     )
     # the NF is up once the first frame passes; pings then all come back
-    assert wait_for(lambda: ping(n, a, "10.9.0.2", count=1) == 1, timeout=10), n.stop(p)
+    try:
+        wait_until(lambda: ping(n, a, "10.9.0.2", count=1) == 1, 10, what="a ping through fwd")
+    except WaitTimeout as exc:
+        pytest.fail(f"{exc}; the NF said: {n.stop(p)}")
     assert ping(n, a, "10.9.0.2", count=5) == 5
     out, err = n.stop(p)
     assert p.returncode == 0, err

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from nslab.nf.netns import NetnsSet, wait_for
+from nslab.nf.netns import NetnsSet
+from nslab.wait import wait_until
 
 pytestmark = [
     pytest.mark.root,
@@ -165,14 +166,17 @@ def ping(net: NetnsSet, ns: str, dst: str, count: int) -> int:
 
 def wait_ready(p, name: str, timeout: float = 20) -> None:
     """Wait for the NF's `<nf>: forwarding on ...` line."""
-    buf = b""
-    end = time.monotonic() + timeout
-    while b"forwarding on" not in buf:
-        left = end - time.monotonic()
-        ready, _, _ = select.select([p.stdout], [], [], max(left, 0))
-        if not ready or p.poll() is not None:
-            raise AssertionError(f"{name} did not start: {p.stderr.read1(4096)!r}")
-        buf += os.read(p.stdout.fileno(), 4096)
+    buf = bytearray()
+
+    def forwarding() -> bool:
+        if select.select([p.stdout], [], [], 0.1)[0]:
+            buf.extend(os.read(p.stdout.fileno(), 4096))
+        if b"forwarding on" not in buf and p.poll() is not None:
+            raise AssertionError(f"{name} exited: {p.stderr.read1(4096)!r}")
+        return b"forwarding on" in buf
+
+    # a timeout raises WaitTimeout (stderr is not read: a live NF would block the read)
+    wait_until(forwarding, timeout, interval=0, what=f"{name} to print 'forwarding on'")
 
 
 def mini_topology(n: NetnsSet, nf_dir: Path, tmp: Path) -> tuple[dict[str, str], dict]:
@@ -218,7 +222,9 @@ def lab1(tmp_path_factory):
         ns, nfs = mini_topology(n, SOLUTION, tmp)
         h1, ids, insp, sw3 = ns["h1"], ns["ids"], ns["insp"], ns["sw3"]
         attempts = []
-        assert wait_for(lambda: attempts.append(1) or ping(n, h1, VIP, 1) == 1, timeout=20)
+        wait_until(
+            lambda: attempts.append(1) or ping(n, h1, VIP, 1) == 1, 20, what=f"h1 to ping {VIP}"
+        )
         obs["warmup_pings"] = len(attempts)
         caps = {
             "napt_side": Capture(n, ids, "eth0", tmp / "napt_side.pcap"),

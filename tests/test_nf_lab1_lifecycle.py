@@ -1,9 +1,10 @@
 """Lab 1 started and stopped as a student does (`nslab lab start 01-nfv`,
 `nslab lab stop 01-nfv`), then the process table is searched for what the
 lab ran: the service pids `lab start` recorded (with their start times) and
-every process carrying the lab's label NSLAB_LAB, the label that `nslab down`
-and `nslab down --all` use to find processes (every process of the lab must
-carry it while it runs). The NFs run in their NF containers, which must be
+every process the lab's owner holds: its cgroup `nslab.slice/<lab>` (or, on
+hosts without cgroups, the NSLAB_LAB label), which `nslab down` and `nslab
+down --all` use to find processes (every process of the lab must be held by
+it while it runs). The NFs run in their NF containers, which must be
 gone too. Nothing is killed by name here: processes are only looked at.
 
 The lab runs under its fixed instance name (lab.yaml `name: l1`), so this
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from nslab import containers
+from nslab import cgroup, containers
 from nslab.engine.state import proc_start_time
 from nslab.engine.teardown import labelled_pids
 from nslab.labs import find_lab, labs_root
@@ -84,17 +85,25 @@ def start_lab() -> tuple[dict, dict[int, int | None]]:
     # the backends (python -m nslab.nf.backend) are among them, and carry the label
     backends = [p for p in procs if "nslab.nf.backend" in cmdline(p)]
     assert len(backends) >= 3, {p: cmdline(p) for p in procs}
-    labelled = labelled_pids(None)
-    unlabelled = {p: cmdline(p) for p in procs if labelled.get(p) != state["instance"]}
-    assert not unlabelled, f"lab processes without NSLAB_LAB={state['instance']}: {unlabelled}"
+    owned = owned_pids(state["instance"])
+    strays = {p: cmdline(p) for p in procs if p not in owned}
+    assert not strays, f"lab processes that {state['instance']}'s owner does not hold: {strays}"
     return state, procs
+
+
+def owned_pids(instance: str) -> set[int]:
+    """What `nslab down` and `down --all` find of a lab: its cgroup's
+    processes, or (no cgroups on this host) those with its NSLAB_LAB label."""
+    if cgroup.available():
+        return set(cgroup.pids(instance))
+    return set(labelled_pids(instance))
 
 
 def gone(procs: dict[int, int | None], instance: str, timeout: float = 15) -> dict[int, str]:
     end = time.monotonic() + timeout
     while True:
         left = alive(procs)
-        left.update({p: cmdline(p) for p, lab in labelled_pids(instance).items()})
+        left.update({p: cmdline(p) for p in owned_pids(instance)})
         if not left or time.monotonic() > end:
             return left
         time.sleep(0.2)

@@ -21,7 +21,8 @@ import pytest
 
 from nslab.errors import NslabError
 from nslab.nf import render
-from nslab.nf.netns import NetnsSet, wait_for
+from nslab.nf.netns import NetnsSet
+from nslab.wait import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ["10.8.1.11", "10.8.1.12", "10.8.1.13"]
@@ -88,7 +89,7 @@ def knet():
         n.addr(k, "eth1", "10.8.1.1/24")
         n.exec(k, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
         # backends listen once they answer from inside the bridge's subnet
-        assert wait_for(
+        wait_until(
             lambda: (
                 n.exec(
                     k,
@@ -102,6 +103,7 @@ def knet():
                 == 0
             ),
             timeout=10,
+            what=f"backend {BACKENDS[2]}:80 to accept a connection",
         )
         yield n, c, k
 

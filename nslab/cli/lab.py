@@ -9,7 +9,8 @@ import shutil
 import signal
 from pathlib import Path
 
-from nslab.engine.state import proc_start_time
+from nslab import cgroup
+from nslab.engine.state import RUN_DIR, proc_start_time
 from nslab.errors import NslabError
 from nslab.grading import sandbox
 from nslab.grading.runner import PREFIX_ENV
@@ -18,7 +19,7 @@ from nslab.labs import LabSpec, find_lab, list_labs
 
 VERB = "lab"
 HELP = "list labs, start one with your submission in place (it stays up), stop it"
-STATE_DIR = Path("/run/nslab-labs")
+STATE_DIR = RUN_DIR / "labs"  # lab start/stop records, beside the engine's
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -138,6 +139,8 @@ def _stop(spec: LabSpec) -> int:
                 os.killpg(pid, signal.SIGKILL)
             except OSError:
                 pass
+    # The lab's cgroup owns every process it started: the grader's services too.
+    cgroup.kill(state["instance"])
     sandbox.kill_user_processes(state["user"])
     if spec.topology:
         from nslab.engine import Lab

@@ -18,27 +18,18 @@ import argparse
 import importlib.util
 import logging
 import os
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
+from nslab import REPO_ROOT, process
 from nslab.errors import NslabError
+from nslab.ports import free_port  # noqa: F401  (part of nslab.controller's API)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 APPS_DIR = REPO_ROOT / "controller"
 DEFAULT_PORT = 6653
 FABRIC_ENV = "NSLAB_FABRIC"
 READY_TIMEOUT_S = 30.0  # os-ken imports take ~1-2 s; a loaded 2-core box needs slack
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that nobody listens on right now (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def available_apps() -> list[str]:
@@ -78,40 +69,6 @@ def resolve_app(app: str) -> str:
     )
 
 
-def _listening_inodes(port: int, pid: int) -> bool:
-    """True when process `pid` owns a TCP socket in LISTEN state on `port`.
-
-    Checking the socket's owner (not just "something listens") means a port
-    taken by someone else between free_port() and bind() is not mistaken for
-    our controller being ready; and it opens no OpenFlow connection.
-    """
-    inodes = set()
-    for name in ("tcp", "tcp6"):
-        try:
-            lines = Path(f"/proc/{pid}/net/{name}").read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            local, state, inode = fields[1], fields[3], fields[9]
-            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
-                inodes.add(inode)
-    if not inodes:
-        return False
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return False
-    for fd in fds:
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:[") and target[8:-1] in inodes:
-            return True
-    return False
-
-
 def _log_tail(log: Path, lines: int = 25) -> str:
     try:
         text = log.read_text(errors="replace").splitlines()
@@ -125,8 +82,7 @@ def start_controller(
     port: int,
     fabric: Path | None,
     log: Path,
-    user: str | None = None,
-    preexec: Callable[[], None] | None = None,
+    wrap: list[str] | None = None,
     host: str = "127.0.0.1",
     timeout: float = READY_TIMEOUT_S,
     verbose: bool = False,
@@ -135,23 +91,17 @@ def start_controller(
 
     The process leads its own process group (stop it with
     `os.killpg(proc.pid, signal.SIGTERM)`); its stdout/stderr go to `log`.
-    `user` runs it unprivileged (student code); `preexec` runs in the child
-    before exec (e.g. rlimits). Raises NslabError with the log's tail when
-    the controller exits or does not listen within `timeout` seconds.
+    `wrap` is an argv prefix it runs under (the grader's sandbox for a
+    student's app). Raises NslabError with the log's tail when the controller
+    exits or does not listen within `timeout` seconds.
     """
     target = resolve_app(app)
     log = Path(log)
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("")
-    if user is not None:
-        import pwd
-
-        try:
-            pw = pwd.getpwnam(user)
-        except KeyError as exc:
-            raise NslabError(f"controller user {user!r} does not exist") from exc
-        os.chown(log, pw.pw_uid, pw.pw_gid)  # the runner appends its own log lines
-    cmd = [sys.executable, "-m", "nslab.controller", target, "--port", str(port), "--host", host]
+    os.chmod(log, 0o666)  # a sandboxed app's runner appends its own lines
+    cmd = [*(wrap or []), sys.executable, "-m", "nslab.controller", target]
+    cmd += ["--port", str(port), "--host", host]
     cmd += ["--log", str(log)]
     if fabric is not None:
         cmd += ["--fabric", str(fabric)]
@@ -163,37 +113,18 @@ def start_controller(
         env[FABRIC_ENV] = str(fabric)
     else:
         env.pop(FABRIC_ENV, None)
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
+    try:
+        return process.start(
             cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
+            what=f"controller app {app!r}",
+            log=log,
+            append=True,
             env=env,
             cwd=str(REPO_ROOT),
-            start_new_session=True,  # own process group: the engine stops exactly it
-            user=user,
-            preexec_fn=preexec,
-        )
-    deadline = time.monotonic() + timeout
-    delay = 0.02
-    while True:
-        if proc.poll() is not None:
-            raise NslabError(
-                f"controller app {app!r} exited with status {proc.returncode} before "
-                f"listening on {host}:{port}; last lines of {log}:\n{_log_tail(log)}"
-            )
-        if _listening_inodes(port, proc.pid):
-            return proc
-        if time.monotonic() > deadline:
-            proc.kill()
-            proc.wait(timeout=5)
-            raise NslabError(
-                f"controller app {app!r} did not listen on {host}:{port} within "
-                f"{timeout:.0f} s; last lines of {log}:\n{_log_tail(log)}"
-            )
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.2)  # back off: polling /proc is cheap but not free
+            ready=process.Ready(port=port, timeout=timeout),
+        ).popen
+    except process.ProcessStartError as exc:
+        raise NslabError(f"{exc} (it should listen on {host}:{port})") from None
 
 
 # ---------------------------------------------------------------- the runner

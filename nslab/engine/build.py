@@ -1,8 +1,10 @@
 """Realise a topology model on this host.
 
-Hosts are Mininet hosts (a bash shell in its own network namespace, started by
-mnexec). Everything else is batched, because Mininet's one-shell-command-per-
-object style dominates bring-up time for large topologies:
+Each node kind creates and configures its own nodes (nslab.kinds); this
+module runs the phases and offers the primitives they share. Hosts are bash
+shells in network namespaces of their own (`unshare -n`, as Mininet's hosts
+are). Everything is batched, because one shell command per object dominates
+bring-up time for large topologies:
 
 - all veth pairs are created by one `ip -batch`, each end directly in its
   final namespace (a host's `eth0` never exists in the root namespace, so two
@@ -16,28 +18,26 @@ teardown (nslab.engine.teardown) can remove exactly what was made.
 
 from __future__ import annotations
 
-import ctypes
-import fcntl
 import json
 import os
 import pty
 import re
 import select
 import shlex
-import socket
-import struct
 import subprocess
 import termios
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
-from mininet.node import Host
-
 from nslab import host as hostcaps
+from nslab import process
 from nslab.engine.state import LabState, proc_of
 from nslab.errors import NslabError
+from nslab.kinds import Kind, by_kind
 from nslab.kinds import get as get_kind
+from nslab.netns import offloads_off
 from nslab.topo.model import Link, LinkParams, Node, Topology
 from nslab.topo.names import bridge_name, root_ifname
 
@@ -61,110 +61,65 @@ def ip_batch(lines: list[str], force: bool = False) -> None:
         )
 
 
-class NsHost(Host):
-    """A Mininet host whose shell start is split in two, so that a thousand
-    hosts start in parallel instead of one prompt at a time."""
+class NsShell:
+    """A bash in a network namespace of its own (`unshare -n`), driven over a
+    pty: the host's process, which holds the namespace. Started in two halves
+    (spawn, then wait_prompt) so that a thousand hosts start in parallel.
+    Plain util-linux instead of Mininet's Host: the engine needs only this,
+    and Mininet's Host keeps its state in private fields that change."""
 
-    def startShell(self, mnopts: str | None = None) -> None:  # noqa: N802 (Mininet's name)
-        self._spawned = False
+    PROMPT = chr(127)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.pid = 0
+        self._buf = ""
 
     def spawn(self) -> None:
-        opts = "-cdn"
-        cmd = [
-            "mnexec",
-            opts,
-            "env",
-            "PS1=" + chr(127),
-            "bash",
-            "--norc",
-            "--noediting",
-            "-is",
-            "nslab:" + self.name,
-        ]
-        self.master, self.slave = pty.openpty()
+        master, slave = pty.openpty()
         # No echo from the start, so no `stty -echo` process per host later.
-        attrs = termios.tcgetattr(self.slave)
+        attrs = termios.tcgetattr(slave)
         attrs[3] &= ~termios.ECHO
-        termios.tcsetattr(self.slave, termios.TCSANOW, attrs)
-        self.shell = self._popen(
-            cmd, stdin=self.slave, stdout=self.slave, stderr=self.slave, close_fds=False
+        termios.tcsetattr(slave, termios.TCSANOW, attrs)
+        cmd = ["unshare", "-n", "env", f"PS1={self.PROMPT}", "bash", "--norc", "--noediting"]
+        self.proc = subprocess.Popen(
+            [*cmd, "-is", "nslab:" + self.name],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            start_new_session=True,
         )
-        self.stdin = os.fdopen(self.master, "r")
-        self.stdout = self.stdin
-        self.pid = self.shell.pid
-        self.pollOut = select.poll()
-        self.pollOut.register(self.stdout)
-        self.outToNode[self.stdout.fileno()] = self
-        self.inToNode[self.stdin.fileno()] = self
-        self.execed, self.lastCmd, self.lastPid, self.readbuf = False, None, None, ""
+        os.close(slave)
+        self.fd = master
+        self.pid = self.proc.pid  # unshare execs bash: the same process
+        self.poll = select.poll()
+        self.poll.register(master, select.POLLIN)
+
+    def _read_prompt(self, deadline: float | None) -> str:
+        while self.PROMPT not in self._buf:
+            if deadline is not None and time.monotonic() > deadline:
+                raise NslabError(f"host {self.name}: shell did not answer")
+            if self.poll.poll(200):
+                try:
+                    data = os.read(self.fd, 65536)
+                except OSError as exc:
+                    raise NslabError(f"host {self.name}: shell exited ({exc})") from None
+                if not data:
+                    raise NslabError(f"host {self.name}: shell exited")
+                self._buf += data.decode(errors="replace")
+        out, _, self._buf = self._buf.partition(self.PROMPT)
+        return out
 
     def wait_prompt(self, deadline: float) -> None:
-        while True:
-            data = self.read(1024)
-            if data and data[-1] == chr(127):
-                break
-            if time.monotonic() > deadline:
-                raise NslabError(f"host {self.name}: shell did not start")
-            self.pollOut.poll(200)
-        self.waiting = False
-        self.sendCmd("unset HISTFILE; set +m")  # builtins only; answered in finish_start()
+        self._read_prompt(deadline)
+        self.send("unset HISTFILE; set +m")  # builtins only; answered by wait()
 
-    def finish_start(self) -> None:
-        self.waitOutput()
+    def send(self, line: str) -> None:
+        os.write(self.fd, (line + "\n").encode())
 
-
-def listening(pid: int, port: int) -> bool:
-    """Whether a TCP socket listens on `port` in the network namespace of `pid`
-    (read from /proc, so no process is spawned per poll)."""
-    for table in ("tcp", "tcp6"):
-        try:
-            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
-        except OSError:
-            return False
-        for line in lines:
-            parts = line.split()
-            if parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:
-                return True
-    return False
-
-
-SIOCETHTOOL = 0x8946
-# Legacy ethtool "set" commands (still honoured, mapped onto features by the kernel)
-ETHTOOL_STXCSUM, ETHTOOL_STSO, ETHTOOL_SGSO = 0x17, 0x1F, 0x24
-
-
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        raise OSError(ctypes.get_errno(), "setns failed")
-
-
-def offloads_off(ends: list[tuple[int, str]]) -> None:
-    """`ethtool -K IF tx off tso off gso off` for (pid, interface) pairs, each in
-    the network namespace of pid: ioctls from this thread, which visits each
-    namespace with setns(2), instead of one ethtool process per interface."""
-    if not ends:
-        return
-    home = os.open("/proc/self/ns/net", os.O_RDONLY)
-    try:
-        for pid, name in ends:
-            target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
-            try:
-                _setns(target)
-                # A socket belongs to the namespace it was created in.
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-                    for cmd in (ETHTOOL_STXCSUM, ETHTOOL_STSO, ETHTOOL_SGSO):
-                        value = ctypes.create_string_buffer(struct.pack("II", cmd, 0))
-                        ifreq = struct.pack("16sP", name.encode(), ctypes.addressof(value))
-                        fcntl.ioctl(sock, SIOCETHTOOL, ifreq)
-            finally:
-                os.close(target)
-    finally:
-        _setns(home)
-        os.close(home)
+    def wait(self, timeout: float = 120) -> str:
+        """The output of the last line sent, up to the next prompt."""
+        return self._read_prompt(time.monotonic() + timeout)
 
 
 def ofports_of(topo: Topology, node: str) -> dict[str, int]:
@@ -213,88 +168,109 @@ class Builder:
         self.topo = topo
         self.state = state
         self.progress = progress
-        self.controller = controller  # {"app", "user", "preexec"} or None
+        self.controller = controller  # {"app", "wrap"} or None
         self.lab = state.name
-        self.hosts: dict[str, NsHost] = {}
+        self.hosts: dict[str, NsShell] = {}
         self.netem_ok = hostcaps.has_netem()
         self.userspace_ovs = not hostcaps.ovs_kernel_datapath()
 
-    # -- classification -------------------------------------------------------
+    # -- what the kinds are asked --------------------------------------------
+    def kind(self, node: str) -> Kind:
+        return get_kind(self.topo.nodes[node].kind)
+
     def in_root(self, node: str) -> bool:
-        return get_kind(self.topo.nodes[node].kind).root_namespace
-
-    def nodes_of(self, kind: str) -> list[Node]:
-        return [n for n in self.topo.nodes.values() if n.kind == kind]
-
-    def host_nodes(self) -> list[Node]:
-        return [n for n in self.topo.nodes.values() if not get_kind(n.kind).root_namespace]
+        return self.kind(node).root_namespace
 
     # -- steps ------------------------------------------------------------------
     def build(self) -> None:
+        """Host kinds create their nodes, the links come next (their ends are
+        made inside the namespaces), then switch kinds create theirs from the
+        links' root ends; kinds configure; then shaping, controller, services."""
         t0 = time.monotonic()
-        steps = (
-            self.start_hosts,
-            self.create_links,
-            self.create_switches,
-            self.configure_hosts,
-            self.shape_links,
-            self.start_controller,
-            self.start_services,
-            self.write_fabric,
-        )
-        for step in steps:
+        groups = by_kind(self.topo)
+        hosts = [(k, ns) for k, ns in groups if not k.root_namespace]
+        switches = [(k, ns) for k, ns in groups if k.root_namespace]
+        steps: list[tuple[str, Callable[[], None]]] = [
+            *((f"create {k.name}", partial(k.create, ns, self)) for k, ns in hosts),
+            ("create_links", self.create_links),
+            *((f"create {k.name}", partial(k.create, ns, self)) for k, ns in switches),
+            *((f"configure {k.name}", partial(k.configure, ns, self)) for k, ns in groups),
+            ("shape_links", self.shape_links),
+            ("start_controller", self.start_controller),
+            ("start_services", self.start_services),
+            ("write_fabric", self.write_fabric),
+        ]
+        for name, step in steps:
             t = time.monotonic()
             step()
             # Step timings go to supervisor.log: where bring-up time goes.
-            print(f"{step.__name__}: {time.monotonic() - t:.2f} s", flush=True)
+            print(f"{name}: {time.monotonic() - t:.2f} s", flush=True)
         self.state.status = "ready"
         self.state.save()
         self.progress(f"lab {self.lab} ready in {time.monotonic() - t0:.1f} s")
 
-    def start_hosts(self) -> None:
-        nodes = [n for n in self.host_nodes() if not n.image]
-        self.start_containers([n for n in self.host_nodes() if n.image])
+    # -- primitives the kinds use ---------------------------------------------
+    def start_shells(self, nodes: list[Node]) -> None:
+        """A shell in a new network namespace per node, started in parallel."""
         if not nodes:
             return
         self.progress(f"starting {len(nodes)} hosts")
+        started = []
         for n in nodes:
-            h = NsHost(n.name)
+            h = NsShell(n.name)
             h.spawn()
+            started.append(h)
             self.hosts[n.name] = h
             self.state.procs.append(proc_of(h.pid, f"host:{n.name}"))
             self.state.hosts[n.name] = h.pid
         self.state.save()
         deadline = time.monotonic() + 30 + 0.05 * len(nodes)
-        for h in self.hosts.values():
+        for h in started:
             h.wait_prompt(deadline)
-        for h in self.hosts.values():
-            h.finish_start()
+        for h in started:
+            h.wait()
 
-    def start_containers(self, nodes: list[Node]) -> None:
-        """Container nodes: Docker containers with no network of their own; the
-        topology's links are then created straight into their namespaces."""
+    def configure_addresses(self, nodes: list[Node]) -> None:
+        """Addresses, MACs and routes of host nodes, all nodes in parallel."""
         if not nodes:
             return
-        from concurrent.futures import ThreadPoolExecutor
+        self.progress(f"configuring {len(nodes)} hosts")
+        # Send to every node first, then collect: nodes configure in parallel.
+        started = {n.name: self.node_sh(n.name, self._host_script(n)) for n in nodes}
+        for name, handle in started.items():
+            out = self.node_wait(handle)
+            if "NSLAB-OK" not in out:
+                raise NslabError(f"configuring host {name} failed: {out.strip()[-400:]}")
 
-        from nslab import containers
+    def run(self, cmd: list[str], input: str | None = None) -> str:
+        return run(cmd, input)
 
-        self.progress(f"starting {len(nodes)} containers")
-        for n in nodes:
-            self.state.containers[n.name] = containers.container_name(self.lab, n.name)
-        self.state.save()
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            infos = list(pool.map(lambda n: containers.start(self.lab, n, n.image), nodes))
-        for n, info in zip(nodes, infos, strict=True):
-            self.state.hosts[n.name] = info.pid
-            for w in info.warnings:
-                self.progress(f"warning: {n.name}: {w}")
-        self.state.save()
+    def ip_batch(self, lines: list[str]) -> None:
+        ip_batch(lines)
 
-    def node_sh(self, node: str, script: str) -> subprocess.Popen | NsHost:
+    def ofports(self, node: str) -> dict[str, int]:
+        return ofports_of(self.topo, node)
+
+    def acquire_sysctl(self, key: str, value: str) -> None:
+        """Set a host sysctl for the lab's lifetime (reference-counted across labs)."""
+        from nslab.engine import sysctl
+
+        sysctl.acquire(self.state, key, value)
+
+    def allocate_controller_port(self) -> None:
+        if (self.topo.controller or self.controller) and not self.state.controller_port:
+            from nslab.ports import free_port
+
+            self.state.controller_port = (
+                self.topo.controller.port
+                if (self.topo.controller and self.topo.controller.port)
+                else free_port()
+            )
+
+    def node_sh(self, node: str, script: str) -> subprocess.Popen | NsShell:
         """Start a shell line inside a host or container node (no waiting)."""
         if node in self.hosts:
-            self.hosts[node].sendCmd(script)
+            self.hosts[node].send(script)
             return self.hosts[node]
         return subprocess.Popen(
             ["nsenter", "-t", str(self.state.hosts[node]), "-n", "--", "bash", "-c", script],
@@ -304,9 +280,9 @@ class Builder:
         )
 
     @staticmethod
-    def node_wait(handle: subprocess.Popen | NsHost) -> str:
-        if isinstance(handle, NsHost):
-            return handle.waitOutput()
+    def node_wait(handle: subprocess.Popen | NsShell) -> str:
+        if isinstance(handle, NsShell):
+            return handle.wait()
         out, _ = handle.communicate(timeout=60)
         return out
 
@@ -332,11 +308,7 @@ class Builder:
             root += [n for n, ns in ((na, nsa), (nb, nsb)) if not ns]
             lines.append(f"link add name {na}{nsa} type veth peer name {nb}{nsb}")
             for ep, peer in ((link.a, link.b), (link.b, link.a)):
-                if (
-                    self.userspace_ovs
-                    and not self.in_root(ep.node)
-                    and self.topo.nodes[peer.node].kind == "ovs-bridge"
-                ):
+                if not self.in_root(ep.node) and self.kind(peer.node).peer_needs_offloads_off(self):
                     no_offload.append((self.state.hosts[ep.node], ep.iface))
         self.state.root_ifaces += root
         self.state.save()
@@ -344,75 +316,9 @@ class Builder:
         ip_batch([f"link set {n} up" for n in root])
         for n in root:  # no IPv6 autoconf chatter from switch ports in captures
             Path(f"/proc/sys/net/ipv6/conf/{n}/disable_ipv6").write_text("1")
-        # OVS's userspace datapath does not finish checksums or segments that
-        # the kernel left to the NIC: without this, TCP through it stalls.
-        offloads_off(no_offload)
+        offloads_off((f"/proc/{pid}/ns/net", iface) for pid, iface in no_offload)
 
-    def create_switches(self) -> None:
-        ovs, brs = self.nodes_of("ovs-bridge"), self.nodes_of("bridge")
-        if ovs:
-            self.progress(f"creating {len(ovs)} Open vSwitch bridges")
-            self.state.ovs_bridges += [bridge_name(self.lab, n.name) for n in ovs]
-            if self.topo.controller or self.controller:
-                from nslab.controller.runner import free_port
-
-                self.state.controller_port = (
-                    self.topo.controller.port
-                    if (self.topo.controller and self.topo.controller.port)
-                    else free_port()
-                )
-            self.state.save()
-            run(["ovs-vsctl", "--timeout=60"] + self._ovs_args(ovs))
-        if brs:
-            self.progress(f"creating {len(brs)} Linux bridges")
-            self.handle_br_netfilter()
-            names = [bridge_name(self.lab, n.name) for n in brs]
-            self.state.linux_bridges += names
-            self.state.save()
-            lines = []
-            for n, br in zip(brs, names, strict=True):
-                lines += [f"link add name {br} type bridge", f"link set {br} up"]
-                for iface in ofports_of(self.topo, n.name):
-                    lines.append(f"link set {root_ifname(self.lab, n.name, iface)} master {br}")
-            ip_batch(lines)
-
-    def _ovs_args(self, ovs: list[Node]) -> list[str]:
-        looped = self._has_switch_loop()
-        args: list[str] = []
-        for n in ovs:
-            br = bridge_name(self.lab, n.name)
-            ports = ofports_of(self.topo, n.name)
-            self.state.ofports[n.name] = ports
-            settings = [
-                f"other-config:datapath-id={n.dpid or 0:016x}",
-                "other-config:disable-in-band=true",
-                f"external-ids:nslab-lab={self.lab}",
-            ]
-            if self.userspace_ovs:
-                settings.append("datapath_type=netdev")
-            if self.state.controller_port:
-                settings += ["fail_mode=secure", "protocols=OpenFlow10,OpenFlow13"]
-            elif looped:
-                settings.append("rstp_enable=true")  # standalone on a looped fabric: RSTP, no storm
-            args += ["--", "add-br", br, "--", "set", "bridge", br, *settings]
-            for iface, port in ports.items():
-                dev = root_ifname(self.lab, n.name, iface)
-                args += [
-                    "--",
-                    "add-port",
-                    br,
-                    dev,
-                    "--",
-                    "set",
-                    "interface",
-                    dev,
-                    f"ofport_request={port}",
-                ]
-            if self.state.controller_port:
-                args += ["--", "set-controller", br, f"tcp:127.0.0.1:{self.state.controller_port}"]
-        return args
-
-    def _has_switch_loop(self) -> bool:
+    def has_switch_loop(self) -> bool:
         """A cycle among switch-switch links (union-find)."""
         parent: dict[str, str] = {}
 
@@ -428,37 +334,6 @@ class Builder:
                     return True
                 parent[ra] = rb
         return False
-
-    def handle_br_netfilter(self) -> None:
-        """Once Docker runs, br_netfilter sends bridged frames through iptables'
-        FORWARD chain (policy DROP): switch it off for the lab's lifetime."""
-        from nslab.engine import sysctl
-
-        for key in (
-            "bridge-nf-call-iptables",
-            "bridge-nf-call-ip6tables",
-            "bridge-nf-call-arptables",
-        ):
-            sysctl.acquire(self.state, f"net.bridge.{key}", "0")
-
-    def configure_hosts(self) -> None:
-        if not self.state.hosts:
-            return
-        self.progress(f"configuring {len(self.state.hosts)} hosts")
-        # Send to every node first, then collect: nodes configure in parallel.
-        started = {
-            name: self.node_sh(name, self._host_script(self.topo.nodes[name]))
-            for name in self.state.hosts
-        }
-        for name, handle in started.items():
-            out = self.node_wait(handle)
-            if "NSLAB-OK" not in out:
-                raise NslabError(f"configuring host {name} failed: {out.strip()[-400:]}")
-        if self.state.containers:
-            from nslab import containers
-
-            for name in self.state.containers:
-                containers.run_exec(self.lab, self.topo.nodes[name])
 
     def _host_script(self, node: Node) -> str:
         """One shell line per host: bash builtins and a single `ip -batch`, because
@@ -524,29 +399,19 @@ class Builder:
         self.progress(f"starting {len(todo)} services")
         started = []
         for n, svc in todo:
-            log_path = self.state.dir / f"{n.name}.{svc.name}.log"
-            with open(log_path, "w") as log:
-                proc = subprocess.Popen(
-                    ["nsenter", "-t", str(self.state.hosts[n.name]), "-n", "--", *svc.argv],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env={**os.environ, **svc.env, "NSLAB_LAB": self.lab},
-                    start_new_session=True,
-                )
-            self.state.procs.append(proc_of(proc.pid, f"service:{n.name}:{svc.name}"))
-            started.append((n, svc, proc, log_path))
+            # Started together, awaited after: services come up in parallel.
+            # They inherit the supervisor's cgroup, the lab's owner.
+            p = process.start(
+                ["nsenter", "-t", str(self.state.hosts[n.name]), "-n", "--", *svc.argv],
+                what=f"{n.name}: {svc.name}",
+                log=self.state.dir / f"{n.name}.{svc.name}.log",
+                env={**os.environ, **svc.env, "NSLAB_LAB": self.lab},
+            )
+            self.state.procs.append(proc_of(p.pid, f"service:{n.name}:{svc.name}"))
+            started.append((p, svc))
         self.state.save()
-        deadline = time.monotonic() + 60
-        for n, svc, proc, log_path in started:
-            while svc.ready_port and not listening(proc.pid, svc.ready_port):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    tail = log_path.read_text()[-800:]
-                    why = "exited" if proc.poll() is not None else "did not listen within 60 s"
-                    raise NslabError(
-                        f"{n.name}: {svc.name} {why} on port {svc.ready_port}:\n{tail}"
-                    )
-                time.sleep(0.05)
+        for p, svc in started:
+            p.wait_ready(process.Ready(port=svc.ready_port, timeout=60))
 
     def start_controller(self) -> None:
         port = self.state.controller_port
@@ -569,8 +434,7 @@ class Builder:
             port,
             self.state.dir / "fabric.json",
             self.state.dir / "controller.log",
-            user=opts.get("user"),
-            preexec=opts.get("preexec"),
+            wrap=opts.get("wrap"),
         )
         self.state.procs.append(proc_of(proc.pid, "controller"))
         self.state.save()
@@ -611,7 +475,7 @@ class Builder:
         """The topology as a controller sees it: switches, ports, hosts."""
         fabric: dict = {"lab": self.lab, "switches": {}, "hosts": {}}
         for n in self.topo.nodes.values():
-            if n.kind in ("ovs-bridge", "bridge"):
+            if get_kind(n.kind).role == "switch":
                 ports = self.state.ofports.get(n.name) or ofports_of(self.topo, n.name)
                 peers = {lo.iface: rem for lo, rem in self.topo.neighbours(n.name)}
                 fabric["switches"][n.name] = {

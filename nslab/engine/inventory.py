@@ -3,7 +3,8 @@
 Tests (and curious users) take one before `up` and one after `down`: they
 must be equal. It lists what nslab could create: network namespaces (by
 inode, named or not), root-namespace links, OVS bridges, qdiscs, iptables
-rules, bridge sysctls, nslab-labelled processes and containers.
+rules, bridge sysctls, nslab-labelled processes, nslab cgroups and
+containers.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import subprocess
 from pathlib import Path
 
+from nslab import cgroup
 from nslab.engine.teardown import labelled_pids
 
 SYSCTLS = (
@@ -60,6 +62,8 @@ def snapshot(include_netns: bool = True) -> dict[str, object]:
             if Path("/proc/sys", k).exists()
         },
         "nslab_procs": sorted(labelled_pids(None)),
+        "cgroups": sorted(cgroup.labs()),  # nslab.slice/<lab> groups
+        "cgroup_procs": sorted(p for lab in cgroup.labs() for p in cgroup.pids(lab)),
         "containers": sorted(_out(["docker", "ps", "-aq", "--filter", "label=nslab.lab"]).split()),
     }
     if include_netns:
@@ -77,7 +81,7 @@ def diff(
     out = {}
     for k in before.keys() | after.keys():
         b, a = before.get(k), after.get(k)
-        if ignore and k in ("netns", "containers", "nslab_procs"):
+        if ignore and k in ("netns", "containers", "nslab_procs", "cgroup_procs", "sysctls"):
             continue
         if ignore and isinstance(b, list) and isinstance(a, list):
             b = [x for x in b if not str(x).startswith(ignore) and "(id:" not in str(x)]

@@ -17,10 +17,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from nslab import cgroup
 from nslab import host as hostcaps
 from nslab.engine import teardown as td
 from nslab.engine.state import LabState, lab_names
 from nslab.errors import CapabilityError, NslabError
+from nslab.kinds import all_kinds, by_kind
 from nslab.kinds import get as get_kind
 from nslab.topo.model import Topology
 from nslab.topo.names import bridge_name, root_ifname
@@ -137,6 +139,7 @@ class Lab:
             timeout=timeout,
             input=input,
             env=self.env(),
+            preexec_fn=self._joiner(),
         )
         if check and r.returncode != 0:
             raise NslabError(f"{node}: `{cmd}` exited {r.returncode}: {r.stderr.strip()[-500:]}")
@@ -146,7 +149,16 @@ class Lab:
         self, node: str, cmd: str | list[str], user: str | None = None, **kwargs
     ) -> subprocess.Popen:
         kwargs.setdefault("env", self.env())
+        own = self._joiner()
+        if own is not None:
+            theirs = kwargs.pop("preexec_fn", None)
+            kwargs["preexec_fn"] = own if theirs is None else _chain(own, theirs)
         return subprocess.Popen(self.command(node, cmd, user), **kwargs)
+
+    def _joiner(self):
+        """Processes started in the lab belong to its `exec` cgroup (a
+        preexec function may move them on, e.g. into a student group)."""
+        return cgroup.joiner(self.name, "exec") if cgroup.available() else None
 
     def ip(self, node: str) -> str | None:
         ip = self._node(node).ip
@@ -191,6 +203,14 @@ class Lab:
         self.down()
 
 
+def _chain(*fns: Callable[[], None]) -> Callable[[], None]:
+    def run() -> None:
+        for f in fns:
+            f()
+
+    return run
+
+
 def check_capabilities(topo: Topology, allow_degraded: bool) -> list[str]:
     """Fail (or, when allowed, record) what the topology needs and the host lacks."""
     problems = []
@@ -209,22 +229,14 @@ def check_capabilities(topo: Topology, allow_degraded: bool) -> list[str]:
             "\n".join(problems) + "\nrun with --allow-degraded to bring the lab "
             "up without them (checks that need them will be skipped)"
         )
-    if any(n.kind == "ovs-bridge" for n in topo.nodes.values()) and not hostcaps.ovs_running():
-        raise CapabilityError("Open vSwitch is not running: run `sudo make provision`")
     return problems
 
 
-def resolve_images(topo: Topology, progress: Progress) -> None:
-    """Container nodes: map `nslab/<name>` to its current hash tag, building it
-    first if needed (offline, from the local base), before anything is created."""
-    nodes = [n for n in topo.nodes.values() if n.image]
-    if not nodes:
-        return
-    from nslab import containers, images
-
-    containers.require_docker()
-    for n in nodes:
-        n.image = images.resolve(n.image, progress=progress)
+def prepare_kinds(topo: Topology, progress: Progress) -> None:
+    """Each kind checks what the host must offer its nodes, and gets ready
+    (e.g. builds an image), before anything is created."""
+    for kind, nodes in by_kind(topo):
+        kind.prepare(nodes, progress)
 
 
 def up(
@@ -232,8 +244,7 @@ def up(
     params: dict | None = None,
     name: str | None = None,
     controller: str | None = None,
-    controller_user: str | None = None,
-    controller_preexec: Callable[[], None] | None = None,
+    controller_wrap: list[str] | None = None,
     allow_degraded: bool = False,
     progress: Progress | None = _stderr_progress,
 ) -> Lab:
@@ -257,24 +268,16 @@ def up(
         progress(f"cleaning up what a crashed lab '{name}' left behind")
         old.down(progress)
     degraded = check_capabilities(topo, allow_degraded)
-    resolve_images(topo, progress)
-    if controller_preexec is not None:
-        try:
-            pickle.dumps(controller_preexec)
-        except Exception as exc:
-            raise NslabError(
-                "controller_preexec must be picklable (a module-level function "
-                f"or functools.partial): {exc}"
-            ) from None
-
+    prepare_kinds(topo, progress)
     state = LabState(name=name, topology=topo.source, params=dict(topo.params), degraded=degraded)
     state.dir.mkdir(parents=True, exist_ok=True)
     os.chmod(state.dir, 0o755)
     with open(state.dir / "topology.pickle", "wb") as f:
         pickle.dump(topo, f)
     request = {
-        "controller": {"app": controller, "user": controller_user, "preexec": controller_preexec}
-        if (controller or controller_user or controller_preexec)
+        # controller_wrap: an argv prefix the app runs under (the grader's sandbox)
+        "controller": {"app": controller, "wrap": controller_wrap}
+        if (controller or controller_wrap)
         else None
     }
     with open(state.dir / "request.pickle", "wb") as f:
@@ -294,6 +297,9 @@ def _spawn_supervisor(state: LabState, topo: Topology, progress: Progress) -> La
         stderr=log,
         start_new_session=True,
         env={**os.environ, "NSLAB_LAB": state.name},
+        # The lab's cgroup owns the supervisor and all it starts (hosts,
+        # controller, services): teardown kills the cgroup.
+        preexec_fn=cgroup.joiner(state.name, "supervisor") if cgroup.available() else None,
     )
     os.close(wfd)
     log.close()
@@ -346,7 +352,11 @@ def down_all(progress: Progress = lambda m: None) -> list[str]:
             td.teardown(LabState.load(name), progress)
         stopped.append(name)
     # Leftovers labelled by labs whose state file is gone (e.g. /run was wiped).
-    leftovers = set(td.labelled_pids(None).values()) | set(td.ovs_bridge_labs().values())
+    leftovers = set(cgroup.labs())
+    for kind in all_kinds().values():
+        leftovers |= kind.owners()
+    if not cgroup.available():  # no cgroups: the process label is all there is
+        leftovers |= set(td.labelled_pids(None).values())
     for lab in sorted(leftovers - set(stopped) - {""}):
         td.teardown(LabState(name=lab), progress)
         stopped.append(lab)

@@ -2,13 +2,14 @@
 
 Works without the supervisor (crashed or SIGKILLed): every step is idempotent
 and touches only resources named in the state file or labelled with the lab's
-name (OVS external-ids `nslab-lab`, process environment `NSLAB_LAB`, Docker
-label `nslab.lab`). Nothing is matched by a name pattern alone.
+name: its cgroup `nslab.slice/<lab>` (every process the lab started), and
+what each node kind labelled (OVS external-ids `nslab-lab`, Docker label
+`nslab.lab`); the process environment `NSLAB_LAB` where there are no cgroups.
+Nothing is matched by a name pattern alone.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -17,8 +18,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from nslab import cgroup
 from nslab.engine import sysctl
 from nslab.engine.state import LabState, proc_start_time
+from nslab.kinds import all_kinds
 
 LABEL = "NSLAB_LAB"
 
@@ -72,35 +75,6 @@ def kill_labelled(lab: str, timeout: float = 10) -> None:
         time.sleep(0.05)
 
 
-def ovs_bridge_labs() -> dict[str, str]:
-    """Every OVS bridge labelled external-ids:nslab-lab, with its lab."""
-    r = subprocess.run(
-        [
-            "ovs-vsctl",
-            "--timeout=10",
-            "--format=json",
-            "--columns=name,external_ids",
-            "list",
-            "bridge",
-        ],
-        capture_output=True,
-        text=True,
-    )
-    if r.returncode != 0 or not r.stdout:
-        return {}
-    out = {}
-    for name, ext in json.loads(r.stdout)["data"]:
-        labels = dict(ext[1]) if ext and ext[0] == "map" else {}
-        if "nslab-lab" in labels:
-            out[name] = labels["nslab-lab"]
-    return out
-
-
-def ovs_bridges_of(lab: str) -> list[str]:
-    """OVS bridges labelled as belonging to `lab`."""
-    return [br for br, owner in ovs_bridge_labs().items() if owner == lab]
-
-
 def existing_links(names: list[str]) -> list[str]:
     return [n for n in names if Path("/sys/class/net", n).exists()]
 
@@ -109,6 +83,8 @@ def teardown(state: LabState, progress: Callable[[str], None] = lambda m: None) 
     lab = state.name
     progress(f"stopping lab {lab}")
     # Processes first: host shells die, their namespaces and veths go with them.
+    # The lab's cgroup holds all of them, forked children and daemons included.
+    cgroup.kill(lab)
     for p in state.procs:
         if p.alive():
             try:
@@ -118,22 +94,10 @@ def teardown(state: LabState, progress: Callable[[str], None] = lambda m: None) 
             except (ProcessLookupError, PermissionError):
                 pass
     kill_labelled(lab)
-    if state.containers:
-        try:
-            from nslab import containers
-
-            containers.remove(lab)
-        except ImportError:
-            pass
-    bridges = sorted(set(state.ovs_bridges) | set(ovs_bridges_of(lab)))
-    if bridges and shutil.which("ovs-vsctl"):
-        # --no-wait: ovsdb drops the bridges at once; ovs-vswitchd catches up
-        # on its own (waiting for it is most of the teardown time otherwise).
-        args = ["ovs-vsctl", "--timeout=60", "--no-wait"]
-        for br in bridges:
-            args += ["--", "--if-exists", "del-br", br]
-        subprocess.run(args, capture_output=True)
-    stale = existing_links(state.root_ifaces + state.linux_bridges)
+    # Each kind removes what it made (containers, bridges), from the state.
+    for kind in all_kinds().values():
+        kind.teardown(state)
+    stale = existing_links(state.root_ifaces)
     if stale:
         subprocess.run(
             ["ip", "-force", "-batch", "-"],

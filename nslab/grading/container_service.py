@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import pwd
 import resource
-import subprocess
-from typing import IO, Any
+import sys
+from typing import Any
 
 from nslab import containers
 from nslab.errors import NslabError
@@ -64,7 +64,7 @@ def rlimits(limits: sandbox.Limits) -> list[tuple[str, int]]:
     return out
 
 
-def prepare(lab: Any, log: IO[str]) -> bool:
+def prepare(lab: Any) -> bool:
     """Once per lab: bind the submission into every container node that runs a
     student service, and apply the kernel guard to them with Ansible.
     Returns True when the guard was applied (else the NFs install their own)."""
@@ -80,9 +80,10 @@ def prepare(lab: Any, log: IO[str]) -> bool:
     try:
         import ansible_runner  # type: ignore[import-not-found]  # noqa: F401
     except ImportError:
-        log.write(
+        print(
             "warning: ansible-runner is not installed (scripts/provision.sh installs it): "
-            "the NFs install their kernel guard themselves\n"
+            "the NFs install their kernel guard themselves",
+            file=sys.stderr,
         )
     else:
         from nslab.nf import apply
@@ -99,12 +100,11 @@ def prepare(lab: Any, log: IO[str]) -> bool:
     return guarded
 
 
-def start(lab: Any, svc: Service, log: IO[str]) -> subprocess.Popen:
-    """Start `svc` inside its container node as sandboxed student code;
-    stdout/stderr go to `log`. The returned process leads its own process
-    group (SIGTERM to the group reaches the program itself)."""
-    guarded = prepare(lab, log)
-    log.flush()
+def command(lab: Any, svc: Service) -> tuple[list[str], dict[str, str]]:
+    """The argv and environment that run `svc` inside its container node as
+    sandboxed student code (the caller starts it in the lab's cgroup, in a
+    session of its own: SIGTERM to the group reaches the program itself)."""
+    guarded = prepare(lab)
     fmt = {"submission": WORK, "python": PYTHON}
     if isinstance(svc.command, str):
         argv = ["sh", "-c", svc.command.format(**fmt)]
@@ -126,11 +126,4 @@ def start(lab: Any, svc: Service, log: IO[str]) -> subprocess.Popen:
     env["NSLAB_LAB"] = lab.instance  # the lab's label: teardown finds the process
     if guarded:
         env["NSLAB_NF_GUARD"] = "external"
-    return subprocess.Popen(
-        cmd,
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )
+    return cmd, env

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from nslab.grading.runner import SubmissionResult
+    from nslab.grading.result import SubmissionResult
 
 
 def _output(t: dict[str, Any]) -> str:

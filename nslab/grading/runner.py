@@ -21,37 +21,19 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from nslab import cgroup
+from nslab.engine.state import RUN_DIR
 from nslab.errors import NslabError
 from nslab.grading import outputs, sandbox
+from nslab.grading.result import SubmissionResult
 from nslab.labs import LabSpec
 
 PREFIX_ENV = "NSLAB_GRADE_PREFIX"  # prefix of everything a grading run creates on the host
 _SKIP_COPY = {"solution", "starter", "__pycache__", ".pytest_cache"}
 MAX_SUBMISSION_MB = 50
 HARD_KILL_GRACE_S = 30.0  # after the time budget, the check process is killed this much later
-
-
-@dataclass
-class SubmissionResult:
-    name: str  # result folder name (the submission folder's basename, made unique)
-    submission: str
-    status: str  # ok | timed_out | crashed | error
-    score: float = 0.0
-    max_score: float = 0.0
-    tests: list[dict[str, Any]] = field(default_factory=list)
-    execution_time: float = 0.0
-    output: str = ""  # overall message (why it crashed, timed out, ...)
-    lab_id: str = ""
-    lab_title: str = ""
-    visibility: str = "all"
-
-    @property
-    def all_passed(self) -> bool:
-        return bool(self.tests) and all(t["outcome"] == "passed" for t in self.tests)
 
 
 def _prefix() -> str:
@@ -65,7 +47,7 @@ def _instance_name(prefix: str) -> str:
     n = 5 - len(head)
     for _ in range(200):
         name = head + "".join(random.choices(string.ascii_lowercase + string.digits, k=n))
-        if not (Path("/run/nslab") / name).exists() and not _claimed(name):
+        if not (RUN_DIR / name).exists() and name not in cgroup.labs() and not _claimed(name):
             return name
     raise NslabError("no free lab instance name: too many labs running?")
 
@@ -111,15 +93,6 @@ def _copy_lab(spec: LabSpec, dest: Path) -> Path:
     return target
 
 
-def protect_lab(spec: LabSpec) -> list[str]:
-    """Make the secrets (checks/, solution/) of this lab and of its sibling
-    labs unreadable for other users, so sandboxed code cannot read them from
-    the source tree either."""
-    labs = [spec.path] + [p for p in spec.path.parent.iterdir() if p.is_dir()]
-    dirs = [lab / part for lab in labs for part in ("checks", "solution")]
-    return [str(d) for d in dirs if sandbox.protect(d)]
-
-
 def grade_one(
     spec: LabSpec,
     submission: Path,
@@ -144,7 +117,7 @@ def grade_one(
         visibility=visibility,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(out_dir, 0o755)
+    os.chmod(out_dir, 0o700)  # the TA's (root): no later submission reads it
     prefix = _prefix()
     gdir = Path(tempfile.mkdtemp(prefix=f"{prefix}-grade-"))  # 0700, root only
     workdir: Path | None = None
@@ -159,7 +132,6 @@ def grade_one(
             return res
         sandbox.ensure_user(user)
         sandbox.kill_user_processes(user)  # leftovers of an earlier, interrupted run
-        protect_lab(spec)
         lab_copy = _copy_lab(spec, gdir / "lab")
         limits = sandbox.Limits.from_dict(spec.limits)
         workdir = sandbox.make_workdir("/tmp", f"{prefix}-work-", user, limits, submission)
@@ -182,6 +154,8 @@ def grade_one(
     except NslabError as exc:
         res.status, res.output = "error", str(exc)
     finally:
+        # Everything of this grading, student code and grader services alike.
+        cgroup.kill(instance)
         sandbox.kill_user_processes(user)
         _force_down(instance)
         _release(instance)
@@ -294,7 +268,7 @@ def _tail(path: Path, n: int) -> str:
 
 def _force_down(instance: str) -> None:
     """Take down lab instances a killed check process left behind (this run's names only)."""
-    run_dir = Path("/run/nslab")
+    run_dir = RUN_DIR
     names = [p.name for p in run_dir.glob(f"{instance}*")] if run_dir.is_dir() else []
     for n in names:
         if n != instance and not (n[len(instance) :].isdigit() and len(n) == len(instance) + 1):

@@ -4,23 +4,25 @@ sandboxed. Checks see it as the `lab` fixture."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
-import signal
-import socket
 import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
+from nslab import process
 from nslab.errors import NslabError
 from nslab.grading import container_service, sandbox
+from nslab.kinds import get as get_kind
 from nslab.labs import LabSpec, Service, Variant
-from nslab.measure.iperf import free_port
+from nslab.ports import free_port
 
 
 class LabStartError(NslabError):
@@ -58,8 +60,7 @@ class GradedLab:
         self.params = dict(variant.params if variant else spec.params)
         self.engine: Any = None
         self.ports: dict[str, int] = {}
-        self.procs: dict[str, subprocess.Popen] = {}
-        self._logs: dict[str, TextIO] = {}
+        self.procs: dict[str, process.Process] = {}
 
     # -- life cycle -------------------------------------------------------
     def start(self) -> GradedLab:
@@ -99,7 +100,7 @@ class GradedLab:
                 # fails twice, deterministically.
                 if attempt == 2:
                     raise
-                sandbox.kill_user_processes(self.user)
+                self.kill_student()
                 time.sleep(1)
 
     def _up(self, up: Any, ctrl: str | None) -> None:
@@ -109,27 +110,31 @@ class GradedLab:
                 params=self.params,
                 name=self.instance,
                 controller=ctrl,
-                controller_user=self.user if ctrl else None,
-                controller_preexec=(
-                    sandbox.demote(
-                        self.user, self.limits, cwd=str(self.submission), new_session=False
-                    )
-                    if ctrl
-                    else None
-                ),
+                controller_wrap=self._controller_wrap() if ctrl else None,
             )
         except NslabError as exc:
             log = ""
-            state_log = Path("/run/nslab") / self.instance / "controller.log"
+            from nslab.engine.state import RUN_DIR
+
+            state_log = RUN_DIR / self.instance / "controller.log"
             if state_log.exists():
                 log = "\nlast lines of the controller's log:\n" + _tail(state_log)
             raise LabStartError(f"the lab did not come up: {exc}{log}") from None
 
+    def _controller_wrap(self) -> list[str]:
+        """The sandbox of the student's controller app: its log and the
+        fabric description live in the lab's state dir, shown to it alone."""
+        from nslab.engine.state import RUN_DIR
+
+        state = RUN_DIR / self.instance
+        return self.student_command(
+            [], role="controller", binds=[str(state / "controller.log")],
+            ro_binds=[str(state / "fabric.json")],
+        )  # fmt: skip
+
     def _start_service(self, svc: Service) -> None:
-        env = sandbox.student_env(str(self.submission), svc.env)
-        # the engine's label: its teardown finds whatever runs in the lab
-        env["NSLAB_LAB"] = self.instance
-        # {python}: the grader's interpreter, which has nslab (e.g. the NF toolkit)
+        env = self.student_env(svc.env)
+        # {python}: the kit's interpreter, which has nslab (e.g. the NF toolkit)
         fmt = {"submission": str(self.submission), "python": sys.executable}
         if svc.port:
             self.ports[svc.name] = free_port()
@@ -139,107 +144,70 @@ class GradedLab:
             argv = ["sh", "-c", svc.command.format(**fmt)]
         else:
             argv = [a.format(**fmt) for a in svc.command]
-        log = open(self.logs_dir / f"{svc.name}.log", "w")  # noqa: SIM115 - closed in stop()
-        self._logs[svc.name] = log
-        kw: dict[str, Any] = dict(
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
-        )
-        if svc.user != "grader" and container_service.in_container(self, svc.node):
+        if svc.user == "grader":
+            # Trusted lab code as root, in the lab's `services` cgroup; never
+            # from the student's dir (python -m would put it first on sys.path).
+            # NSLAB_LAB: the lab's label, its owner where there are no cgroups
+            env, role, cwd = (
+                dict(os.environ, PYTHONSAFEPATH="1", **svc.env, NSLAB_LAB=self.instance),
+                "services",
+                self.spec.path,
+            )
+        elif container_service.in_container(self, svc.node):
             # Hook (NF containers, lab 1): student code on a container node runs
-            # inside that container; see nslab/grading/container_service.py.
-            proc = container_service.start(self, svc, log)
-        elif svc.user == "grader":
-            # Trusted lab code as root: never from the student's dir (python -m would
-            # put it first on sys.path, and a student's module would run as root).
-            # NSLAB_LAB: the lab's label, so that the engine's teardown and
-            # `nslab down --all` find these root services too.
-            env = dict(os.environ, PYTHONSAFEPATH="1", **svc.env, NSLAB_LAB=self.instance)
-            kw.update(cwd=str(self.spec.path), start_new_session=True, env=env)
-            proc = self.popen(svc.node, argv, **kw)
-        elif svc.node is None and not svc.caps:
-            kw["preexec_fn"] = sandbox.demote(self.user, self.limits, cwd=str(self.submission))
-            proc = subprocess.Popen(argv, **kw)
-        else:  # enter the node's namespace as root, then drop privileges
-            wrap = [sys.executable, "-m", "nslab.grading.sandbox", "--user", self.user]
-            wrap += [
-                "--limits",
-                json.dumps(self.limits.as_dict()),
-                "--cwd",
-                str(self.submission),
-            ]
-            if svc.caps:
-                wrap += ["--caps", ",".join(svc.caps)]
-            wrap.append("--")
-            if svc.node is None:
-                proc = subprocess.Popen(wrap + argv, start_new_session=True, **kw)
-            else:
-                proc = self.popen(svc.node, wrap + argv, start_new_session=True, **kw)
-        self.procs[svc.name] = proc
-        self._wait_ready(svc, proc)
-
-    def _wait_ready(self, svc: Service, proc: subprocess.Popen) -> None:
+            # inside that container, in the cgroup student_command would give it;
+            # see nslab/grading/container_service.py.
+            argv, env = container_service.command(self, svc)
+            role, cwd = f"student/{svc.name}", None
+        else:
+            argv, role, cwd = self.student_command(argv, caps=svc.caps, role=svc.name), None, None
         r = svc.ready
-        end = time.monotonic() + r.timeout
-        wanted = []
-        if r.port:
-            wanted.append(f"TCP port {self.ports[svc.name]} to accept connections")
+        probe = None
         if r.file:
-            wanted.append(f"file {r.file} to appear")
-        if r.log:
-            wanted.append(f"a log line matching {r.log!r}")
-        while wanted:
-            if proc.poll() is not None:
-                raise LabStartError(
-                    f"service '{svc.name}' exited with code {proc.returncode} before it was ready; "
-                    f"its last output:\n{self.log(svc.name)}"
-                )
-            ok = True
-            if r.port:
-                ok &= self._port_open(svc.node, self.ports[svc.name])
-            if r.file:
-                ok &= self._exists(r.file) and os.lstat(self.submission / r.file).st_size > 0
-            if r.log:
-                ok &= re.search(r.log, self.log(svc.name, 200)) is not None
-            if ok:
-                break
-            if time.monotonic() > end:
-                raise LabStartError(
-                    f"service '{svc.name}' was not ready after {r.timeout:g} s "
-                    f"(waited for {' and '.join(wanted)}); its last output:\n{self.log(svc.name)}"
-                )
-            time.sleep(0.1)
+            probe = lambda: self._exists(r.file) and os.lstat(self.submission / r.file).st_size > 0  # noqa: E731
+        try:
+            proc = process.start(
+                self._node_argv(svc.node, argv),
+                what=f"service '{svc.name}'",
+                log=self.logs_dir / f"{svc.name}.log",
+                env=env,
+                cwd=str(cwd) if cwd else None,
+                cgroup=(self.instance, role) if role else None,
+                ready=process.Ready(
+                    port=self.ports.get(svc.name) if r.port else None,
+                    log=r.log,
+                    probe=probe,
+                    timeout=r.timeout,
+                ),
+            )
+        except process.ProcessStartError as exc:
+            raise LabStartError(str(exc)) from None
+        self.procs[svc.name] = proc
         if r.delay:
             time.sleep(r.delay)
 
-    def _port_open(self, node: str | None, port: int) -> bool:
+    def _node_argv(self, node: str | None, argv: list[str]) -> list[str]:
+        """`argv` run in `node`'s network namespace (None: the grading host)."""
         if node is None:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    return True
-            except OSError:
-                return False
-        from nslab.measure.probe import tcp_connect
-
-        return tcp_connect(self, node, "127.0.0.1", port, timeout_s=0.5).ok
+            return argv
+        if self.engine is None:
+            raise LabStartError(f"this lab has no topology, so there is no node '{node}'")
+        return self.engine.command(node, argv)
 
     def stop(self) -> None:
         """Stop services, kill every process of the student user, take the
         topology down. Safe to call twice and after a failed start."""
         for proc in self.procs.values():
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    proc.kill()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
+            proc.stop(kill=True)
         self.procs.clear()
-        sandbox.kill_user_processes(self.user)
-        for f in self._logs.values():
-            f.close()
-        self._logs.clear()
+        used = self.usage()
+        if used:  # for the TA: logs/<variant>/usage.json
+            (self.logs_dir / "usage.json").write_text(json.dumps(used, indent=1))
+        self.kill_student()
+        from nslab import cgroup
+
+        if cgroup.available():
+            cgroup.kill(self.instance, "services")
         if self.engine is not None:
             try:
                 log = self.engine.controller_log
@@ -261,24 +229,56 @@ class GradedLab:
         *,
         caps: tuple[str, ...] | list[str] = (),
         binds: tuple[str, ...] | list[str] = (),
-        role: str = "student",
+        ro_binds: tuple[str, ...] | list[str] = (),
+        role: str = "code",
     ) -> list[str]:
         """`argv` wrapped so that it runs as sandboxed student code: the slot's
-        user, the lab's limits, its own cgroup (`role`) and file-system view
-        (the submission's work dir, a private /tmp, and the extra paths in
-        `binds`, read-write). Run it with `lab.popen(node, ...)` or
-        subprocess.Popen, with `lab.student_env()`. Start every piece of
-        student code through this one function."""
-        wrap = [sys.executable, "-m", "nslab.grading.sandbox", "--user", self.user]
-        wrap += ["--limits", json.dumps(self.limits.as_dict()), "--cwd", str(self.submission)]
-        if caps:
-            wrap += ["--caps", ",".join(caps)]
-        return [*wrap, "--", *argv]
+        user, the lab's limits, the cgroup `nslab.slice/<lab>/student/<role>`
+        and a file-system view of its own (the submission's work dir, a
+        private /tmp, the kit's public packages, and the extra paths in
+        `binds` read-write and `ro_binds` read-only). Run it with
+        `lab.popen(node, ...)` or subprocess.Popen, with `lab.student_env()`.
+        Every piece of student code starts through this one function."""
+        return sandbox.wrapper_argv(
+            user=self.user,
+            limits=self.limits,
+            cwd=str(self.submission),
+            cgroup=f"{self.instance}/student/{role}",
+            caps=caps,
+            binds=[str(b) for b in binds],
+            ro_binds=[str(b) for b in ro_binds],
+        ) + list(argv)
+
+    @contextlib.contextmanager
+    def student_frozen(self) -> Iterator[None]:
+        """Every student process stopped (cgroup.freeze) while the grader
+        measures something the submission must not disturb, e.g. a baseline."""
+        from nslab import cgroup
+
+        frozen = cgroup.exists(self.instance, "student")
+        if frozen:
+            cgroup.freeze(self.instance, "student", True)
+        try:
+            yield
+        finally:
+            if frozen and cgroup.exists(self.instance, "student"):
+                cgroup.freeze(self.instance, "student", False)
+
+    def usage(self) -> dict[str, float]:
+        """What the submission's code used so far: peak memory (MB), CPU
+        seconds, live processes (from its cgroup; empty without cgroups)."""
+        from nslab import cgroup
+
+        return cgroup.usage(self.instance, "student") if cgroup.exists(self.instance) else {}
 
     def kill_student(self) -> None:
         """Kill every process of this submission's student code (forked
         children included) and wait until they are gone: call it before the
         grader measures a baseline."""
+        from nslab import cgroup
+
+        if cgroup.available():
+            cgroup.kill(self.instance, "student")
         sandbox.kill_user_processes(self.user)
 
     def student_env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -287,7 +287,7 @@ class GradedLab:
 
     def alive(self, service: str) -> bool:
         p = self.procs.get(service)
-        return p is not None and p.poll() is None
+        return p is not None and p.alive()
 
     def log(self, service: str, lines: int = 15) -> str:
         """Last lines of a service's output (student output: data, not verdicts)."""
@@ -341,15 +341,19 @@ class GradedLab:
         return ip
 
     def hosts(self) -> list[str]:
-        """Names of the topology's host nodes (kind linux), in file order."""
+        """Names of the topology's host nodes (every host kind), in file order."""
         if self.engine is None:
             return []
-        return [n for n, node in self.engine.topology.nodes.items() if node.kind == "linux"]
+        return [
+            n
+            for n, node in self.engine.topology.nodes.items()
+            if get_kind(node.kind).role == "host"
+        ]
 
     def switches(self) -> list[str]:
         if self.engine is None:
             return []
-        return [n for n, node in self.engine.topology.nodes.items() if node.kind == "ovs-bridge"]
+        return [n for n, node in self.engine.topology.nodes.items() if get_kind(node.kind).openflow]
 
     def __getattr__(self, name: str) -> Any:
         # engine Lab attributes: topology, ifname, bridge, ofport, controller_log, ...

@@ -89,8 +89,10 @@ def ensure_user(name: str) -> pwd.struct_passwd:
         pass
     if os.geteuid() != 0:
         raise NslabError(f"user '{name}' does not exist and only root can create it (run as root)")
-    Path("/run/nslab").mkdir(parents=True, exist_ok=True)
-    with open("/run/nslab/.useradd.lock", "w") as lock:
+    from nslab.engine.state import RUN_DIR
+
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    with open(RUN_DIR / ".useradd.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             return pwd.getpwnam(name)
@@ -141,6 +143,7 @@ class Demote:
         self.uid, self.gid, self.cwd, self.new_session = pw.pw_uid, pw.pw_gid, cwd, new_session
         self.rlimits = [(res, _clamped(res, v)) for res, v in (limits or Limits()).rlimits()]
         self.switch_user = True  # False: the caller's exec (setpriv) switches user
+        self.umask = 0o077
 
     def __call__(self) -> None:
         if self.new_session:
@@ -158,7 +161,7 @@ class Demote:
             os.setuid(self.uid)
         elif os.geteuid() != self.uid:
             raise PermissionError(f"cannot switch from uid {os.geteuid()} to {self.uid}")
-        os.umask(0o077)
+        os.umask(self.umask)
         if self.cwd:
             os.chdir(self.cwd)
 
@@ -288,21 +291,19 @@ def _is_mountpoint(path: str) -> bool:
         return False
 
 
-def protect(path: Path) -> bool:
-    """Make a directory of secrets (hidden checks, solutions) unreadable for
-    anyone but its owner (root). Returns True when it changed something."""
-    if not path.exists():
-        return False
-    mode = path.stat().st_mode & 0o777
-    if mode & 0o077:
-        os.chmod(path, mode & 0o700)
-        return True
-    return False
-
-
 def with_ambient_caps(uid: int, gid: int, caps: list[str], cmd: list[str]) -> list[str]:
     """`cmd` run by setpriv as uid/gid holding only `caps` (ambient, so they
     survive exec into python): e.g. an NF's raw sockets without root."""
+    if not caps:
+        return [
+            "setpriv",
+            f"--reuid={uid}",
+            f"--regid={gid}",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--",
+            *cmd,
+        ]
     plus = ",".join(f"+{c}" for c in caps)
     return [
         "setpriv",
@@ -317,11 +318,109 @@ def with_ambient_caps(uid: int, gid: int, caps: list[str], cmd: list[str]) -> li
     ]
 
 
+# -- the file-system view of student code ------------------------------------
+
+# The OS parts student code sees (read-only). An allow-list: whatever else the
+# machine holds (checkouts, other submissions, grader outputs, homes) is absent.
+_OS_DIRS = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/sys")
+
+
+def kit_paths() -> list[str]:
+    """What student code may see of the kit: the interpreter's environment
+    (the venv) and the public packages `nslab` and `ryu`. Nothing else of the
+    checkout: not labs/ (solutions, checks), controller/, tests/ or .git."""
+    import nslab
+
+    pkg = Path(nslab.__file__).resolve().parent
+    paths = [str(pkg), str(pkg.parent / "ryu"), sys.prefix]
+    return [p for p in dict.fromkeys(paths) if os.path.exists(p)]
+
+
+def _os_view() -> list[str]:
+    argv: list[str] = []
+    for d in _OS_DIRS:
+        if os.path.islink(d):  # merged /usr: /bin -> usr/bin
+            argv += ["--symlink", os.readlink(d), d]
+        elif os.path.isdir(d):
+            argv += ["--ro-bind", d, d]
+    return argv
+
+
+def _parents(paths: list[str]) -> list[str]:
+    """Mount points' parent dirs, made traversable (bwrap would create them 0700)."""
+    made = {"/", "/tmp", "/run", "/var", *_OS_DIRS}
+    argv: list[str] = []
+    for p in paths:
+        for parent in reversed(Path(p).parents):
+            d = str(parent)
+            if d not in made and not any(d.startswith(o + "/") for o in _OS_DIRS):
+                made.add(d)
+                argv += ["--perms", "0755", "--dir", d]
+    return argv
+
+
+def has_bwrap() -> bool:
+    return shutil.which("bwrap") is not None
+
+
+def bwrap_argv(cwd: str | None, binds: list[str], ro_binds: list[str]) -> list[str]:
+    """bubblewrap's view: the OS read-only, a private /tmp, /run and /var,
+    /proc of its own PID namespace (no grader process is visible), the kit's
+    venv and packages read-only, the work dir and `binds`. Nothing else of
+    the machine exists in it."""
+    argv = ["bwrap", "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-cgroup-try"]
+    argv += _os_view()
+    argv += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/run"]
+    argv += ["--tmpfs", "/var", "--dir", "/var/tmp", "--symlink", "../run", "/var/run"]
+    argv += _parents([*kit_paths(), *ro_binds, *([cwd] if cwd else []), *binds])
+    for d in kit_paths():
+        argv += ["--ro-bind", d, d]
+    for d in ro_binds:
+        argv += ["--ro-bind", d, d]
+    for d in [*([cwd] if cwd else []), *binds]:
+        argv += ["--bind", d, d]
+    if cwd:
+        argv += ["--chdir", cwd]
+    return argv + ["--"]
+
+
+def wrapper_argv(
+    *,
+    user: str,
+    limits: Limits,
+    cwd: str | None,
+    cgroup: str | None = None,
+    caps: list[str] | tuple[str, ...] = (),
+    binds: list[str] | tuple[str, ...] = (),
+    ro_binds: list[str] | tuple[str, ...] = (),
+) -> list[str]:
+    """The argv prefix that runs a command as sandboxed student code (see main)."""
+    argv = [sys.executable, "-m", "nslab.grading.sandbox", "--user", user]
+    argv += ["--limits", json.dumps(limits.as_dict())]
+    if cwd:
+        argv += ["--cwd", cwd]
+    if cgroup:
+        argv += ["--cgroup", cgroup]
+    if caps:
+        argv += ["--caps", ",".join(caps)]
+    for b in binds:
+        argv += ["--bind", str(b)]
+    for b in ro_binds:
+        argv += ["--ro-bind", str(b)]
+    return [*argv, "--"]
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="exec a command as a sandboxed student user")
+    ap = argparse.ArgumentParser(
+        description="exec a command as sandboxed student code: its cgroup, "
+        "rlimits, a bubblewrap file-system and PID view, an unprivileged user"
+    )
     ap.add_argument("--user", default=None)
     ap.add_argument("--limits", default="{}", help="JSON of Limits fields")
-    ap.add_argument("--cwd", default=None)
+    ap.add_argument("--cwd", default=None, help="the work dir (read-write in the sandbox)")
+    ap.add_argument("--cgroup", default=None, help="LAB/ROLE: join nslab.slice/LAB/ROLE first")
+    ap.add_argument("--bind", action="append", default=[], help="a path to show read-write")
+    ap.add_argument("--ro-bind", action="append", default=[], help="a path to show read-only")
     ap.add_argument(
         "--caps",
         default="",
@@ -332,17 +431,38 @@ def main(argv: list[str] | None = None) -> int:
     cmd = a.cmd[1:] if a.cmd[:1] == ["--"] else a.cmd
     if not cmd:
         ap.error("no command given")
-    d = Demote(a.user or slot_user(None, 0), Limits.from_dict(json.loads(a.limits)), a.cwd, True)
+    limits = Limits.from_dict(json.loads(a.limits))
+    d = Demote(a.user or slot_user(None, 0), limits, a.cwd, True)
+    if a.cgroup:
+        join_cgroup(a.cgroup, limits)
     caps = [c.strip() for c in a.caps.split(",") if c.strip()]
-    if caps:
-        cmd = with_ambient_caps(d.uid, d.gid, caps, cmd)
-        d.switch_user = False  # setpriv drops to the user, keeping only `caps`
+    # The user switch happens last, inside the sandbox, by setpriv.
+    cmd = with_ambient_caps(d.uid, d.gid, caps, cmd)
+    d.switch_user = False
+    if os.geteuid() == 0 and has_bwrap() and os.environ.get("NSLAB_SANDBOX_FS", "1") != "0":
+        cmd = bwrap_argv(a.cwd, a.bind, a.ro_bind) + cmd
+        d.cwd = None  # bwrap changes directory inside the new view
+        d.umask = 0o022  # for the mount points bwrap creates; the work dir stays 0700
     d()
     try:
         os.execvp(cmd[0], cmd)
     except OSError as exc:
         print(f"sandbox: cannot run {cmd[0]}: {exc.strerror}", file=sys.stderr)
         return 127
+
+
+def join_cgroup(spec: str, limits: Limits) -> None:
+    """Join nslab.slice/LAB/ROLE; the limits of all student code of the lab
+    are set on LAB/student (a fork bomb or a leak is bounded as a whole)."""
+    from nslab import cgroup
+
+    if not cgroup.available():
+        return  # doctor says so; rlimits and the per-slot user still bound it
+    lab, _, role = spec.partition("/")
+    top = role.split("/")[0]
+    cgroup.create(lab, top, cgroup.Limits(memory_mb=limits.memory_mb, pids=limits.nproc))
+    cgroup.create(lab, role)
+    cgroup.join(lab, role)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from nslab.kinds import Kind, Service, register
+from nslab.kinds import NamespaceHost, Service, register
 
 if TYPE_CHECKING:
     from nslab.topo.model import Node, Topology
@@ -21,9 +21,8 @@ KEYS = frozenset({"pods", "policy", "port", "retries", "timeout_s", "poll_interv
 
 
 @register
-class Dispatcher(Kind):
+class Dispatcher(NamespaceHost):
     name = "dispatcher"
-    role = "host"
     allowed_keys = frozenset({"ip", "gateway", "interfaces"}) | KEYS
     description = "host: an L7 dispatcher routing inference requests to pods"
     graph_style = {"shape": "component", "style": "filled", "fillcolor": "#fbcfe8"}

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import TYPE_CHECKING
 
-from nslab.kinds import Kind, Service, register
+from nslab.kinds import NamespaceHost, Service, register
 
 if TYPE_CHECKING:
     from nslab.topo.model import Node, Topology
@@ -38,9 +38,8 @@ def _pod_keys() -> frozenset[str]:
 
 
 @register
-class Pod(Kind):
+class Pod(NamespaceHost):
     name = "pod"
-    role = "host"
     allowed_keys = frozenset({"ip", "gateway", "interfaces"}) | _pod_keys()
     description = "host: an inference pod (OIP/KServe v2 model server with dynamic batching)"
     graph_style = {"shape": "box3d", "style": "filled", "fillcolor": "#bbf7d0"}

@@ -16,7 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nslab.kinds import get as get_kind
 from nslab.measure.runner import LocalRunner, MeasureError, Runner
+from nslab.wait import WaitTimeout, wait_until
 
 
 class Capture:
@@ -53,21 +55,27 @@ class Capture:
         # node None: the root namespace, whatever the runner (an engine Lab needs a node)
         runner = self.runner if self.node is not None else LocalRunner()
         self._proc = runner.popen(self.node, cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        end = time.monotonic() + 10
         fd = self._proc.stderr.fileno()
-        buf = b""
-        while time.monotonic() < end:
+        buf = bytearray()
+
+        def listening() -> bool:
             r, _, _ = select.select([fd], [], [], 0.1)
             chunk = os.read(fd, 4096) if r else b""
-            buf += chunk
+            buf.extend(chunk)
             if b"listening on" in buf:
-                self.stderr = buf.decode(errors="replace")
-                return self
+                return True
             if self._proc.poll() is not None and not chunk:
                 err = buf.decode(errors="replace").strip()
                 raise MeasureError(f"tcpdump -i {self.iface} {self.bpf!r} failed: {err}")
-        self.stop()
-        raise MeasureError(f"tcpdump on {self.iface} did not start within 10 s")
+            return False
+
+        try:
+            wait_until(listening, 10, interval=0, what=f"tcpdump on {self.iface} to start")
+        except WaitTimeout as exc:
+            self.stop()
+            raise MeasureError(str(exc)) from None
+        self.stderr = buf.decode(errors="replace")
+        return self
 
     def stop(self) -> None:
         p = self._proc
@@ -122,6 +130,8 @@ def capture(runner: Runner | None, where: str, bpf: str = "", **kw: Any) -> Capt
     if ":" in where and runner is not None and hasattr(runner, "ifname"):
         n, i = where.split(":", 1)
         iface = runner.ifname(n, i)
-        kind = runner.topology.nodes[n].kind if hasattr(runner, "topology") else "linux"
-        node = None if kind in ("ovs-bridge", "bridge") else n
+        in_root = (
+            hasattr(runner, "topology") and get_kind(runner.topology.nodes[n].kind).root_namespace
+        )
+        node = None if in_root else n
     return Capture(iface, bpf, runner=runner, node=node, **kw)

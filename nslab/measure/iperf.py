@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import os
 import select
-import socket
 import subprocess
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from nslab.measure.runner import LocalRunner, MeasureError, Runner, run
+from nslab.ports import free_port
+from nslab.wait import WaitTimeout, wait_until
 
 
 @dataclass
@@ -59,12 +59,6 @@ def parse_iperf3(doc: dict[str, Any]) -> IperfResult:
         ivals,
         lost,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def iperf3(
@@ -118,20 +112,20 @@ def iperf3(
 
 def _wait_listening(srv: subprocess.Popen, timeout: float) -> None:
     # raw reads on the fd: a buffered readline() would hide lines from select()
-    end = time.monotonic() + timeout
-    buf = b""
+    buf = bytearray()
     fd = srv.stdout.fileno()
-    while time.monotonic() < end:
+
+    def listening() -> bool:
         r, _, _ = select.select([fd], [], [], 0.1)
-        if r:
-            chunk = os.read(fd, 4096)
-            buf += chunk
-            if b"listening" in buf.lower():
-                return
-            if not chunk and srv.poll() is not None:
-                break
-        elif srv.poll() is not None:
-            break
-    if srv.poll() is not None:
-        raise MeasureError(f"iperf3 server exited: {buf.decode(errors='replace').strip()}")
-    raise MeasureError(f"iperf3 server did not listen within {timeout:g} s")
+        chunk = os.read(fd, 4096) if r else b""
+        buf.extend(chunk)
+        if b"listening" in buf.lower():
+            return True
+        if not chunk and srv.poll() is not None:
+            raise MeasureError(f"iperf3 server exited: {buf.decode(errors='replace').strip()}")
+        return False
+
+    try:
+        wait_until(listening, timeout, interval=0, what="the iperf3 server to listen")
+    except WaitTimeout as exc:
+        raise MeasureError(str(exc)) from None

@@ -1,21 +1,12 @@
-"""Latency samples and their percentiles."""
+"""Latency samples and their percentiles (nearest rank: nslab.stats)."""
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-
-def percentile(samples: Sequence[float], p: float) -> float:
-    """Linear-interpolated percentile (like numpy's default); p in 0..100."""
-    if not samples:
-        raise ValueError("percentile of no samples")
-    xs = sorted(samples)
-    k = (len(xs) - 1) * p / 100.0
-    lo, hi = math.floor(k), math.ceil(k)
-    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+from nslab.stats import percentile
 
 
 @dataclass

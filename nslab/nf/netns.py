@@ -12,8 +12,9 @@ import os
 import secrets
 import signal
 import subprocess
-import time
 from typing import Any
+
+from nslab.netns import offloads_off
 
 
 def sh(
@@ -85,10 +86,8 @@ class NetnsSet:
                 ns_b,
             ]
         )
+        offloads_off([(f"/run/netns/{ns_a}", if_a), (f"/run/netns/{ns_b}", if_b)])
         for ns, i in ((ns_a, if_a), (ns_b, if_b)):
-            self.exec(
-                ns, ["ethtool", "-K", i, "tx", "off", "tso", "off", "gso", "off"], check=False
-            )
             if mtu:
                 self.exec(ns, ["ip", "link", "set", i, "mtu", str(mtu)])
             self.exec(ns, ["ip", "link", "set", i, "up"])
@@ -137,13 +136,3 @@ class NetnsSet:
         for ns in reversed(self.namespaces):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
         self.namespaces.clear()
-
-
-def wait_for(pred, timeout: float = 5.0, interval: float = 0.05) -> bool:
-    """Poll `pred()` until true or `timeout` seconds pass."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(interval)
-    return bool(pred())

@@ -1,48 +1,31 @@
 """Two namespaces joined by a veth pair, for tests and benchmarks of the RDMA
-transport, and a way to open sockets inside a namespace from any thread.
-
-Linux network namespaces are per thread: a thread that calls setns(2) creates
-its sockets in that namespace, and the sockets stay there whatever thread uses
-them later. So one Python process can drive both ends of a link.
+transport, and a way to open sockets inside a namespace from any thread
+(nslab.netns), so that one Python process can drive both ends of a link.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from nslab.errors import CapabilityError
-
-_CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, _CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise CapabilityError(f"setns failed: {os.strerror(err)} (needs root)")
+from nslab.netns import entered
 
 
 @contextlib.contextmanager
 def netns(name: str) -> Iterator[None]:
     """Run the body with this thread in network namespace `name` (from `ip netns`)."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    try:
-        target = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    except FileNotFoundError as exc:
-        os.close(own)
-        raise CapabilityError(f"network namespace {name!r} does not exist") from exc
-    try:
-        _setns(target)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(entered(f"/run/netns/{name}"))
+        except FileNotFoundError as exc:
+            raise CapabilityError(f"network namespace {name!r} does not exist") from exc
+        except OSError as exc:
+            raise CapabilityError(f"setns failed: {exc.strerror} (needs root)") from exc
         yield
-    finally:
-        _setns(own)
-        os.close(own)
-        os.close(target)
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -33,6 +33,7 @@ from nslab.errors import NslabError
 from nslab.serving import models as model_repo
 from nslab.serving.http import Connection, HttpError, Pool, split_url
 from nslab.serving.stats import summary, within
+from nslab.stats import percentile
 
 ARRIVALS = ("poisson", "constant", "gamma")
 _POD = re.compile(rb'"pod":"([^"]*)"')
@@ -385,8 +386,8 @@ async def run_async(
         stable=stable,
         windows=[{k: v for k, v in w.items() if k not in ("start", "end")} for w in windows],
         measured_s=dur,
-        send_lag_p99_ms=float(np.percentile(lags, 99) * 1000) if lags.size else math.nan,
-        send_lag_p50_ms=float(np.percentile(lags, 50) * 1000) if lags.size else math.nan,
+        send_lag_p99_ms=percentile(lags, 99) * 1000,
+        send_lag_p50_ms=percentile(lags, 50) * 1000,
         per_pod=dict(pods),
         status_codes=dict(codes),
         latencies_ms=(lat * 1000).round(4).tolist(),

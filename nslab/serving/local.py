@@ -10,12 +10,12 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from nslab.errors import NslabError
 from nslab.serving.pod import command as pod_command
+from nslab.wait import WaitTimeout, wait_until
 
 
 class Proc:
@@ -81,22 +81,26 @@ def _launch(
 
 def _wait_ready(p: subprocess.Popen, what: str, timeout_s: float = 60.0) -> Proc:
     proc = Proc(p, 0, what)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+
+    def ready_port() -> int | None:
         with open(proc.log_path or "", errors="replace") as f:
             for line in f:
                 if line.startswith("READY "):
-                    proc.port = int(line.split()[1])
-                    proc.url = f"http://127.0.0.1:{proc.port}"
-                    return proc
+                    return int(line.split()[1])
         if p.poll() is not None:
             err = proc.log_tail()
             proc.stop()
             raise NslabError(f"{what} exited with code {p.returncode} before ready:\n{err.strip()}")
-        time.sleep(0.05)
-    err = proc.log_tail()
-    proc.stop(sig_kill=True)
-    raise NslabError(f"{what} not ready within {timeout_s:.0f} s; its output:\n{err}")
+        return None
+
+    try:
+        proc.port = wait_until(ready_port, timeout_s, what=f"{what} to print READY")
+    except WaitTimeout:
+        err = proc.log_tail()
+        proc.stop(sig_kill=True)
+        raise NslabError(f"{what} not ready within {timeout_s:.0f} s; its output:\n{err}") from None
+    proc.url = f"http://127.0.0.1:{proc.port}"
+    return proc
 
 
 def _start(cmd: list[str], what: str, timeout_s: float = 60.0) -> Proc:
@@ -153,9 +157,9 @@ def wait_idle(urls: list[str], timeout_s: float = 30.0) -> bool:
 
     from nslab.serving import metrics
 
-    deadline = time.monotonic() + timeout_s
     pending = list(urls)
-    while pending and time.monotonic() < deadline:
+
+    def idle() -> bool:
         still = []
         for u in pending:
             try:
@@ -168,7 +172,10 @@ def wait_idle(urls: list[str], timeout_s: float = 30.0) -> bool:
             )
             if busy > 0:
                 still.append(u)
-        pending = still
-        if pending:
-            time.sleep(0.1)
-    return not pending
+        pending[:] = still
+        return not pending
+
+    try:
+        return wait_until(idle, timeout_s, interval=0.1, what="every pod to be idle")
+    except WaitTimeout:
+        return False

@@ -1,5 +1,6 @@
-"""Latency statistics with one, stated definition (nearest rank), so that a p99
-means the same in the load generator, the graders and the students' plots."""
+"""Latency statistics of the load generator. Percentiles are nslab's one
+definition (nearest rank, nslab.stats), so that a p99 means the same in the load
+generator, the graders and the students' plots."""
 
 from __future__ import annotations
 
@@ -8,19 +9,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from nslab.stats import percentile
+
 PERCENTILES = (50, 90, 95, 99, 99.9)
-
-
-def percentile(values: Sequence[float] | np.ndarray, p: float) -> float:
-    """Nearest-rank percentile: the smallest value such that at least p % of
-    the values are <= it. NaN for no values."""
-    if not 0 < p <= 100:
-        raise ValueError(f"percentile {p} outside (0, 100]")
-    a = np.sort(np.asarray(values, dtype=float))
-    if a.size == 0:
-        return math.nan
-    rank = math.ceil(round(p / 100.0 * a.size, 9))  # round: 99.9 % of 1000 is 999, not 999.0000001
-    return float(a[max(rank, 1) - 1])
 
 
 def summary(latencies_s: Sequence[float] | np.ndarray) -> dict[str, float]:

@@ -20,9 +20,9 @@ from typing import Any
 import yaml
 
 from nslab import kinds
-from nslab.topo.builder import LABEL_PREFIX, NO_ADDRESS
+from nslab.topo.context import LABEL_PREFIX, NO_ADDRESS
 from nslab.topo.model import Link, Node, Topology
-from nslab.topo.yamlsrc import plain
+from nslab.yamlsrc import plain
 
 
 def to_containerlab(topo: Topology) -> dict[str, Any]:

@@ -15,12 +15,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from nslab import REPO_ROOT
 from nslab.errors import NslabError, TopologyError
 from nslab.topo import template
 from nslab.topo.builder import Built, build
 from nslab.topo.model import Topology
 from nslab.topo.validate import check
-from nslab.topo.yamlsrc import YamlError, parse
+from nslab.yamlsrc import YamlError, parse
 
 SUFFIXES = (".yaml.j2", ".yml.j2", ".clab.yml", ".clab.yaml", ".yaml", ".yml")
 ENV_VAR = "NSLAB_TOPOLOGIES"
@@ -30,8 +31,7 @@ def search_dirs() -> list[Path]:
     """Where topology names are looked up: $NSLAB_TOPOLOGIES (':'-separated), then
     the repository's topologies/ folder (checkout or editable install)."""
     dirs = [Path(d) for d in os.environ.get(ENV_VAR, "").split(os.pathsep) if d]
-    pkg_root = Path(__file__).resolve().parent.parent.parent
-    for cand in (pkg_root / "topologies", Path(sys.prefix) / "share" / "nslab" / "topologies"):
+    for cand in (REPO_ROOT / "topologies", Path(sys.prefix) / "share" / "nslab" / "topologies"):
         if cand.is_dir() and cand not in dirs:
             dirs.append(cand)
     return dirs
@@ -127,16 +127,11 @@ def load_text(
     try:
         raw = parse(text)
     except YamlError as exc:
-        p = exc.problem
-        where = f"{file}:{p.line}" if p.line else file
-        col = f" (column {p.column})" if p.column else ""
-        raise TopologyError(
-            [f"{where}: YAML syntax error{col}: {p.message} — check indentation, colons and quotes"]
-        ) from None
+        raise TopologyError([str(exc.as_problem(file))]) from None
     built, problems = build(raw, file, lab_name=lab_name, default_name=default_name)
     check(built, problems)
     if problems:
-        raise TopologyError(problems.items)
+        raise TopologyError(problems.messages())
     return built
 
 

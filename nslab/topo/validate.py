@@ -12,7 +12,8 @@ from collections import defaultdict
 
 from nslab import kinds
 from nslab.errors import TopologyError
-from nslab.topo.builder import Built, Problems, fix_hint
+from nslab.problems import Problem, Problems
+from nslab.topo.context import Built, fix_hint
 from nslab.topo.model import IFNAMSIZ, Origin, Topology
 from nslab.topo.names import (
     IFACE_NAME_RE,
@@ -84,12 +85,8 @@ def check(built: Built | Topology, problems: Problems | None = None) -> Problems
                 f"{fix_hint(node.kind, known)}known kinds: {', '.join(known)}",
             )
             continue
-        for msg in kind.validate(node, topo):
-            if msg.startswith(str(no)):
-                problems.add_raw(msg, no.line)  # already names file, line and key
-            else:
-                key, _, what = msg.partition(": ")
-                problems.add(at(f"node:{node.name}:{key}", no), f"{key}: {what}" if what else key)
+        for found in kind.validate(node, topo):
+            problems.append(_kind_problem(found, node.name, no, at))
         if kind.root_namespace:
             br = bridge_name(lab, node.name)
             if len(br) > IFNAMSIZ:
@@ -184,6 +181,19 @@ def check(built: Built | Topology, problems: Problems | None = None) -> Problems
     return problems
 
 
+def _kind_problem(found: Problem | str, node: str, no: Origin, at) -> Problem:
+    """A kind's problem with `node`. Kinds may return a Problem (kept as is) or,
+    the older way, a string: one that starts with the node's origin already names
+    file, line and key; otherwise it reads 'key: what — fix' and goes on the
+    line where `key` was written."""
+    if isinstance(found, Problem):
+        return found
+    if found.startswith(f"{no}: "):
+        return Problem.at(no, found[len(f"{no}: ") :])
+    key = found.partition(": ")[0]
+    return Problem.at(at(f"node:{node}:{key}", no), found)
+
+
 def _check_params(i: int, link, at, problems: Problems) -> None:
     p = link.params
 
@@ -225,4 +235,4 @@ def validate(built: Built | Topology) -> None:
     """Raise TopologyError with every problem of the model, if any."""
     problems = check(built)
     if problems:
-        raise TopologyError(problems.items)
+        raise TopologyError(problems.messages())

@@ -1,4 +1,5 @@
-"""YAML with line numbers and duplicate-key detection.
+"""YAML with line numbers and duplicate-key detection: the one YAML source
+tracker of nslab (topology files and lab.yaml both read through it).
 
 PyYAML forgets where values came from and silently keeps the last of two
 equal keys; both make errors useless ("a node is wrong" — which one?). This
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
+
+from nslab.problems import Problem
 
 
 class LMap(dict):
@@ -114,6 +117,13 @@ class YamlError(Exception):
         self.problem = problem
         super().__init__(problem.message)
 
+    def as_problem(self, file: str, what: str = "YAML syntax error") -> Problem:
+        p = self.problem
+        col = f" (column {p.column})" if p.column else ""
+        return Problem(
+            file, p.line, "", f"{what}{col}: {p.message}", "check indentation, colons and quotes"
+        )
+
 
 def duplicates(data: Any, path: str = "") -> list[tuple[str, int, int]]:
     """Every duplicate key in `data`: (dotted key path, line, first line)."""
@@ -127,6 +137,42 @@ def duplicates(data: Any, path: str = "") -> list[tuple[str, int, int]]:
         for i, value in enumerate(data):
             out.extend(duplicates(value, f"{path}[{i}]"))
     return out
+
+
+def duplicate_problems(data: Any, file: str) -> list[Problem]:
+    """A problem for every duplicate key in `data`, at the later one."""
+    return [
+        Problem(
+            file,
+            line,
+            path,
+            f"duplicate key '{path.rsplit('.', 1)[-1]}' (first at line {first}); "
+            "YAML keeps only the last one",
+            "give every node/key a unique name, or merge the two",
+        )
+        for path, line, first in duplicates(data)
+    ]
+
+
+def line_at(data: Any, dotted: str) -> int | None:
+    """The line of the key at `dotted` (e.g. "services.0.user": list items by
+    index), or of the deepest part of it that exists (a missing key points at
+    its parent)."""
+    line = data.line if isinstance(data, (LMap, LList)) else None
+    for part in dotted.split(".") if dotted else []:
+        if isinstance(data, LMap):
+            key = next((k for k in data if str(k) == part), _MISSING)
+            if key is _MISSING:
+                break
+            line, data = data.line_of(key), data[key]
+        elif isinstance(data, LList) and part.isdigit() and int(part) < len(data):
+            line, data = data.line_of(int(part)), data[int(part)]
+        else:
+            break
+    return line
+
+
+_MISSING = object()
 
 
 def join(path: str, key: Any) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from nslab import containers
+from nslab import cgroup, containers
 from nslab.engine.teardown import labelled_pids
 from nslab.grading import runner, sandbox
 from nslab.labs import find_lab, labs_root
@@ -114,6 +114,7 @@ def test_hostile_submission_gains_nothing(tmp_path):
         )
         left = {u: sandbox.pids_of_user(u) for u in users}
         labelled = {pid: lab for pid, lab in labelled_pids(None).items() if lab.startswith("nfvh")}
+        owned = {lab: cgroup.pids(lab) for lab in cgroup.labs() if lab.startswith("nfvh")}
     finally:
         if old is None:
             os.environ.pop(runner.PREFIX_ENV, None)
@@ -137,4 +138,5 @@ def test_hostile_submission_gains_nothing(tmp_path):
     # the child that left its session is gone, and so are the NF containers
     assert not any(left.values()), f"sandbox processes left after grading: {left}"
     assert not labelled, f"processes of the graded labs left (NSLAB_LAB): {labelled}"
+    assert not any(owned.values()), f"processes left in the graded labs' cgroups: {owned}"
     assert not [c for c in containers.list_containers() if c["lab"].startswith("nfvh")]

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from nslab import cgroup, containers
+from nslab.cli.lab import STATE_DIR
 from nslab.engine.state import proc_start_time
 from nslab.engine.teardown import labelled_pids
 from nslab.labs import find_lab, labs_root
@@ -34,7 +35,7 @@ pytestmark = [
 ]
 
 SPEC = find_lab("01-nfv", labs_root())
-STATE = Path("/run/nslab-labs") / "01-nfv.json"
+STATE = STATE_DIR / "01-nfv.json"
 
 
 def nslab(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:

@@ -62,3 +62,20 @@ def offloads_off(ends: Iterable[tuple[str, str]]) -> None:
                 value = ctypes.create_string_buffer(struct.pack("II", cmd, 0))
                 ifreq = struct.pack("16sP", name.encode(), ctypes.addressof(value))
                 fcntl.ioctl(sock, SIOCETHTOOL, ifreq)
+
+
+SIOCGIFHWADDR = 0x8927
+
+
+def iface_macs(pid: int, names: list[str]) -> dict[str, str]:
+    """{interface: MAC} of `names` in the network namespace of `pid` (ioctls
+    from this thread inside the namespace; missing interfaces are left out)."""
+    out: dict[str, str] = {}
+    with entered(f"/proc/{pid}/ns/net"), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for name in names:
+            try:
+                res = fcntl.ioctl(sock, SIOCGIFHWADDR, struct.pack("256s", name.encode()))
+            except OSError:
+                continue
+            out[name] = ":".join(f"{b:02x}" for b in res[18:24])
+    return out

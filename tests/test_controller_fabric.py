@@ -135,3 +135,37 @@ def test_from_env(tmp_path, monkeypatch) -> None:
     assert Fabric.from_env() is None
     monkeypatch.setenv("NSLAB_FABRIC", str(path))
     assert Fabric.from_env().dpids == [1, 2, 101, 102]
+
+
+def test_attachments_and_the_switches_only_view() -> None:
+    data = leaf_spine(2, 2)
+    data["hosts"] = {
+        "h10": {"interfaces": {"eth0": {"mac": "02:00:00:00:00:0A"}}},
+        "h11": {"mac": "02:00:00:00:00:0b"},  # a file from before "interfaces"
+        "h20": {"interfaces": {"eth0": {"mac": None}}},  # no MAC known: not placed
+    }
+    fab = Fabric.from_dict(data)
+    assert fab.view == "full"
+    assert {m: (h.dpid, h.port) for m, h in fab.attachments().items()} == {
+        "02:00:00:00:00:0a": (101, 3),
+        "02:00:00:00:00:0b": (101, 4),
+    }
+    # What lab 0's controller gets: no hosts, host ports without peers; the
+    # flooding helpers still work, there is just nothing to route with.
+    hidden = leaf_spine(2, 2)
+    hidden["view"] = "switches-only"
+    del hidden["hosts"]
+    for sw in hidden["switches"].values():
+        for port in sw["ports"].values():
+            if port["peer_role"] == "host":
+                del port["peer"]
+    fab = Fabric.from_dict(hidden)
+    assert fab.view == "switches-only" and fab.attachments() == {}
+    assert fab.host_ports(101) == [3, 4] and fab.flood_ports(101, 3) == [1, 2, 4]
+    hidden["view"] = "partial"
+    with pytest.raises(NslabError, match="view: must be one of full, switches-only"):
+        Fabric.from_dict(hidden)
+    hidden["view"] = "full"
+    hidden["switches"]["sp1"]["ports"]["1"].pop("peer")  # a switch port must name its peer
+    with pytest.raises(NslabError, match=r"switches\.sp1\.ports\.1: needs \"peer\""):
+        Fabric.from_dict(hidden)

@@ -8,13 +8,13 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from nslab.controller import free_port, resolve_app, start_controller
 from nslab.errors import NslabError
-from nslab.wait import wait_until
 
 DATA = Path(__file__).parent / "controller_data"
 
@@ -57,7 +57,7 @@ def running(tmp_path):
 
 @pytest.mark.parametrize(
     "app",
-    [str(DATA / "ryu_simple_switch_13.py"), "l2_learning", "ryu.app.simple_switch_13"],
+    [str(DATA / "ryu_simple_switch_13.py"), "ryu.app.simple_switch_13"],
 )
 def test_controller_speaks_openflow13_and_owns_its_group(running, app) -> None:
     proc, port, log = running(app)
@@ -68,19 +68,34 @@ def test_controller_speaks_openflow13_and_owns_its_group(running, app) -> None:
     assert "instantiating app" in log.read_text()
 
 
-def test_fabric_path_reaches_the_app(running, tmp_path) -> None:
+def test_fabric_path_reaches_the_app_by_its_old_name(running, tmp_path) -> None:
     fabric = tmp_path / "fabric.json"
-    fabric.write_text('{"switches": {"s1": {"dpid": 7, "ports": {}}}}')
-    _, _, log = running("l2_learning", fabric=fabric)
-    wait_until(
-        lambda: "fabric with switches [7]" in log.read_text(), 10, what="the fabric log line"
+    fabric.write_text(
+        '{"switches": {"s1": {"dpid": 7, "ports": {"1": {"peer": "h1:eth0"}}}},'
+        ' "hosts": {"h1": {"interfaces": {"eth0": {"mac": "02:00:00:00:00:01"}}}}}'
     )
+    proc, port, log = running("l2_learning", fabric=fabric)  # the alias of fabric_router
+    assert openflow_hello(port) == (4, 0)  # OpenFlow 1.3 HELLO from the kit's bundled app
+    deadline = time.monotonic() + 10
+    while "fabric_router: 1 switches, 1 host MACs" not in log.read_text():
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+    assert "app l2_learning is now called fabric_router" in log.read_text()
+
+
+def test_fabric_router_refuses_a_switches_only_view(tmp_path) -> None:
+    fabric = tmp_path / "fabric.json"
+    fabric.write_text(
+        '{"view": "switches-only", "switches": {"s1": {"dpid": 7, "ports": {"1": {}}}}}'
+    )
+    with pytest.raises(NslabError, match="switches-only view .no host MACs"):
+        start_controller("fabric_router", free_port(), fabric, tmp_path / "c.log")
 
 
 def test_errors_are_clear(tmp_path) -> None:
     port = free_port()
     log = tmp_path / "c.log"
-    with pytest.raises(NslabError, match="not found in .*controller.*l2_learning"):
+    with pytest.raises(NslabError, match="not found in .*controller.*fabric_router"):
         start_controller("no_such_app", port, None, log)
     with pytest.raises(NslabError, match="no such file"):
         start_controller(str(tmp_path / "missing.py"), port, None, log)
@@ -100,11 +115,12 @@ def test_port_taken_by_someone_else_is_not_mistaken_for_ready(tmp_path) -> None:
         squatter.listen()
         port = squatter.getsockname()[1]
         with pytest.raises(NslabError, match="exited|did not listen"):
-            start_controller("l2_learning", port, None, tmp_path / "c.log", timeout=20)
+            start_controller("ryu.app.simple_switch_13", port, None, tmp_path / "c.log", timeout=20)
 
 
 def test_resolve_app() -> None:
-    assert resolve_app("l2_learning").endswith("controller/l2_learning.py")
+    assert resolve_app("fabric_router").endswith("controller/fabric_router.py")
+    assert resolve_app("l2_learning") == resolve_app("fabric_router")  # the old name
     assert resolve_app("ryu.app.simple_switch_13") == "ryu.app.simple_switch_13"
 
 
@@ -123,20 +139,19 @@ def test_ryu_manager_flag_spelling(tmp_path) -> None:
     port = free_port()
     log = tmp_path / "c.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nslab.controller", "l2_learning"]
+        [sys.executable, "-m", "nslab.controller", "ryu.app.simple_switch_13"]
         + ["--ofp-tcp-listen-port", str(port), "--log", str(log)],
         start_new_session=True,
     )
     try:
-
-        def hello() -> tuple[int, int] | None:  # the runner does not say when it listens
+        deadline = time.monotonic() + 30
+        while True:  # the runner itself does not say when it listens: poll, bounded
             try:
-                return openflow_hello(port)
+                assert openflow_hello(port) == (4, 0)
+                break
             except ConnectionRefusedError:
-                assert proc.poll() is None, "the runner exited"
-                return None
-
-        assert wait_until(hello, 30, interval=0.1, what="an OpenFlow hello") == (4, 0)
+                assert proc.poll() is None and time.monotonic() < deadline, "never listened"
+                time.sleep(0.1)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=10)

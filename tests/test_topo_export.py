@@ -99,7 +99,7 @@ def test_export_keeps_impairments_in_link_vars_and_extensions_in_labels() -> Non
     doc = yaml.safe_load(text)
     bottleneck = doc["topology"]["links"][-1]
     assert bottleneck["vars"] == {"bw": 20, "delay": "5ms"}
-    assert doc["topology"]["kinds"]["ovs-bridge"]["labels"] == {"nslab.controller": "l2_learning"}
+    assert doc["topology"]["kinds"]["ovs-bridge"]["labels"] == {"nslab.controller": "fabric_router"}
     assert doc["topology"]["nodes"]["s2"]["labels"] == {"nslab.dpid": 2}
 
 

@@ -35,7 +35,7 @@ def test_fat_tree_k4() -> None:
     assert len(topo.links) == 48
     assert [n for n in topo.nodes if n.startswith("h")] == [f"h{i}" for i in range(1, 17)]
     assert sorted(n for n in topo.nodes if n[0] == "c") == ["c1", "c2", "c3", "c4"]
-    assert topo.controller is not None and topo.controller.app == "l2_learning"
+    assert topo.controller is not None and topo.controller.app == "fabric_router"
     # every core switch reaches every pod once; every switch uses k ports
     for name, node in topo.nodes.items():
         if node.kind == "ovs-bridge":
@@ -235,3 +235,29 @@ def test_the_documented_example_loads(tmp_path: Path) -> None:
         "loss": 0.1,
         "max_queue": 1000,
     }
+
+
+def test_controller_fabric_view(tmp_path: Path) -> None:
+    """`controller: {fabric: switches-only}` tells the engine to hide hosts from
+    the controller's fabric.json (lab 0); a wrong value names file, line and key."""
+    path = tmp_path / "v.yaml"
+    body = "  nodes: {s1: {kind: ovs-bridge}, h1: {}}\n  links: [{endpoints: [h1:eth0, s1:eth1]}]\n"
+    path.write_text(
+        "name: ttopo7\ntopology:\n  controller: {app: a.py, fabric: switches-only}\n" + body
+    )
+    assert load(str(path)).controller.fabric == "switches-only"
+    path.write_text("name: ttopo7\ntopology:\n  controller: {app: a.py}\n" + body)
+    assert load(str(path)).controller.fabric == "full"
+    path.write_text("name: ttopo7\ntopology:\n  controller: {app: a.py, fabric: hosts}\n" + body)
+    with pytest.raises(TopologyError, match=r"v.yaml:3: .*fabric must be full or switches-only"):
+        load(str(path))
+    from nslab.labs import labs_root
+
+    lab0 = load(str(labs_root() / "00-sdn-warmup" / "topology.yaml.j2"))
+    assert lab0.controller.fabric == "switches-only"
+    # `nslab export` keeps it as a label, and loading the export restores it
+    from nslab.topo.export import dump_containerlab
+
+    exported = tmp_path / "lab0.clab.yaml"
+    exported.write_text(dump_containerlab(lab0))
+    assert load(str(exported)).controller.fabric == "switches-only"

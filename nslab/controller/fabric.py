@@ -6,7 +6,12 @@ The engine writes `fabric.json` (path in `$NSLAB_FABRIC` and `--fabric`):
      "switches": {"sp1": {"dpid": 1, "bridge": "ls0-sp1",
                           "ports": {"1": {"iface": "eth1", "peer": "lf1:eth1",
                                           "peer_role": "switch"}}}},
-     "hosts": {"h1": {"ips": ["10.0.0.1/8"], "mac": "00:00:00:00:00:01", "gateway": null}}}
+     "hosts": {"h1": {"ips": ["10.0.0.1/8"], "mac": "00:00:00:00:00:01", "gateway": null,
+                      "interfaces": {"eth0": {"mac": "00:00:00:00:00:01",
+                                              "ips": ["10.0.0.1/8"]}}}}}
+
+A lab may hand its controller a switches-only view instead (`"view":
+"switches-only"`): no `hosts`, and edge ports without `peer`.
 
 `Fabric` turns that into the questions a forwarding app asks:
 
@@ -32,6 +37,10 @@ from typing import Any
 from nslab.errors import NslabError
 
 FABRIC_ENV = "NSLAB_FABRIC"
+# "full": hosts with their interfaces and MACs, host-facing ports name their
+# peer; "switches-only": no hosts, edge ports unnamed (a lab that asks students
+# to learn where hosts are; topology `controller: {fabric: switches-only}`).
+VIEWS = ("full", "switches-only")
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,7 @@ class Fabric:
     def __init__(self, switches: dict[str, Switch], hosts: dict[str, dict[str, Any]] | None = None):
         self.switches = switches
         self.hosts = hosts or {}
+        self.view = "full"
         self._by_dpid = {s.dpid: s for s in switches.values()}
         # adjacency: dpid -> {local port: (peer dpid, peer port)}
         self.adj: dict[int, dict[int, tuple[int, int]]] = {d: {} for d in self._by_dpid}
@@ -144,21 +154,31 @@ class Fabric:
                     port_no = int(no)
                 except ValueError:
                     raise bad(pkey, "port numbers must be integers") from None
-                if not isinstance(p, dict) or ":" not in str(p.get("peer", "")):
+                if not isinstance(p, dict):
+                    raise bad(pkey, "not an object")
+                role = str(p.get("peer_role", "host"))
+                peer = p.get("peer")
+                # A switches-only view names no host: an edge port may lack "peer".
+                if (peer is not None or role == "switch") and ":" not in str(peer or ""):
                     raise bad(pkey, 'needs "peer": "node:iface"')
-                peer_node, peer_iface = str(p["peer"]).split(":", 1)
+                peer_node, peer_iface = str(peer).split(":", 1) if peer else ("", "")
                 ports[port_no] = Port(
                     no=port_no,
                     iface=str(p.get("iface", f"eth{port_no}")),
                     peer_node=peer_node,
                     peer_iface=peer_iface,
-                    peer_role=str(p.get("peer_role", "host")),
+                    peer_role=role,
                 )
             switches[name] = Switch(name, dpid, str(sw.get("bridge", "")), ports)
         hosts = data.get("hosts") or {}
         if not isinstance(hosts, dict):
             raise bad("hosts", "not an object of host name -> host")
-        return cls(switches, hosts)
+        view = data.get("view", "full")
+        if view not in VIEWS:
+            raise bad("view", f"must be one of {', '.join(VIEWS)}, got {view!r}")
+        fabric = cls(switches, hosts)
+        fabric.view = view
+        return fabric
 
     # ------------------------------------------------------------ queries
 
@@ -232,6 +252,23 @@ class Fabric:
 
         walk(src, [])
         return paths
+
+    def attachments(self) -> dict[str, Hop]:
+        """MAC -> (switch, port) of every host interface plugged straight into
+        an OpenFlow switch of this fabric (empty in a switches-only view)."""
+        out: dict[str, Hop] = {}
+        for sw in self.switches.values():
+            for port in sw.ports.values():
+                host = self.hosts.get(port.peer_node)
+                if port.to_switch or not isinstance(host, dict):
+                    continue
+                ifaces = host.get("interfaces") or {}
+                mac = (ifaces.get(port.peer_iface) or {}).get("mac") or (
+                    host.get("mac") if not ifaces else None  # files written before "interfaces"
+                )
+                if isinstance(mac, str) and mac:
+                    out[mac.lower()] = Hop(sw.dpid, port.no)
+        return out
 
     def peer(self, dpid: int, port: int) -> tuple[int, int] | None:
         """(peer dpid, peer port) across an inter-switch link, else None."""

@@ -32,6 +32,16 @@ FABRIC_ENV = "NSLAB_FABRIC"
 READY_TIMEOUT_S = 30.0  # os-ken imports take ~1-2 s; a loaded 2-core box needs slack
 
 
+# Old names of the kit's apps. `l2_learning` was a learning switch, which is lab
+# 0's exercise, so the kit replaced it by the proactive fabric_router; topologies
+# that name it (users' files, other labs) keep working, routed by the new app.
+ALIASES = {"l2_learning": "fabric_router"}
+
+
+def _alias_note(app: str) -> str:
+    return f"app {app} is now called {ALIASES[app]} (a proactive router, not a learning switch)"
+
+
 def available_apps() -> list[str]:
     return sorted(p.stem for p in APPS_DIR.glob("*.py") if not p.name.startswith("_"))
 
@@ -57,7 +67,7 @@ def resolve_app(app: str) -> str:
                 f"or one of the kit's apps: {', '.join(available_apps()) or 'none'})"
             )
         return str(path.resolve())
-    bundled = APPS_DIR / f"{app}.py"
+    bundled = APPS_DIR / f"{ALIASES.get(app, app)}.py"
     if bundled.is_file():
         return str(bundled)
     if "." in app:
@@ -98,7 +108,7 @@ def start_controller(
     target = resolve_app(app)
     log = Path(log)
     log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text("")
+    log.write_text(_alias_note(app) + "\n" if app in ALIASES else "")
     os.chmod(log, 0o666)  # a sandboxed app's runner appends its own lines
     cmd = [*(wrap or []), sys.executable, "-m", "nslab.controller", target]
     cmd += ["--port", str(port), "--host", host]
@@ -168,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
         "apps",
         nargs="+",
         metavar="APP",
-        help="app file (.py), a name in controller/ (e.g. l2_learning), or a module name",
+        help="app file (.py), a name in controller/ (e.g. fabric_router), or a module name",
     )
     # ryu-manager's spellings work too, so commands from Ryu tutorials carry over.
     p.add_argument(
@@ -235,6 +245,8 @@ def _load_apps(args: argparse.Namespace) -> list[str]:
     names = []
     for app in args.apps:
         target = resolve_app(app)
+        if app in ALIASES:
+            logging.getLogger("nslab.controller").info("%s", _alias_note(app))
         if target.endswith(".py"):
             name = _import_app_file(target)
         else:

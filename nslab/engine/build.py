@@ -37,7 +37,7 @@ from nslab.engine.state import LabState, proc_of
 from nslab.errors import NslabError
 from nslab.kinds import Kind, by_kind
 from nslab.kinds import get as get_kind
-from nslab.netns import offloads_off
+from nslab.netns import iface_macs, offloads_off
 from nslab.topo.model import Link, LinkParams, Node, Topology
 from nslab.topo.names import bridge_name, root_ifname
 
@@ -472,29 +472,48 @@ class Builder:
             time.sleep(0.1)
 
     def write_fabric(self) -> None:
-        """The topology as a controller sees it: switches, ports, hosts."""
-        fabric: dict = {"lab": self.lab, "switches": {}, "hosts": {}}
+        """The topology as a controller sees it: switches, ports, hosts with
+        their interfaces' MACs (configured, else read from the namespace).
+        With topology `controller: {fabric: switches-only}` only switches and
+        switch-to-switch links: a lab whose controller must learn the hosts."""
+        ctrl = self.topo.controller
+        hide_hosts = ctrl is not None and getattr(ctrl, "fabric", "full") == "switches-only"
+        fabric: dict = {"lab": self.lab, "switches": {}}
+        if hide_hosts:
+            fabric["view"] = "switches-only"
+        else:
+            fabric["hosts"] = {}
         for n in self.topo.nodes.values():
             if get_kind(n.kind).role == "switch":
                 ports = self.state.ofports.get(n.name) or ofports_of(self.topo, n.name)
                 peers = {lo.iface: rem for lo, rem in self.topo.neighbours(n.name)}
+                out = {}
+                for i, p in ports.items():
+                    role = "switch" if self.in_root(peers[i].node) else "host"
+                    out[str(p)] = {"iface": i, "peer": str(peers[i]), "peer_role": role}
+                    if hide_hosts and role == "host":
+                        del out[str(p)]["peer"]
                 fabric["switches"][n.name] = {
                     "dpid": n.dpid,
                     "bridge": bridge_name(self.lab, n.name),
-                    "ports": {
-                        str(p): {
-                            "iface": i,
-                            "peer": str(peers[i]),
-                            "peer_role": "switch" if self.in_root(peers[i].node) else "host",
-                        }
-                        for i, p in ports.items()
-                    },
+                    "ports": out,
                 }
-            else:
+            elif not hide_hosts:
+                ifaces = sorted(lo.iface for lo, _ in self.topo.neighbours(n.name))
+                pid = self.state.hosts.get(n.name)
+                live = iface_macs(pid, ifaces) if pid else {}
+                interfaces = {}
+                for i in ifaces:
+                    intf = n.interfaces.get(i)
+                    interfaces[i] = {
+                        "mac": (intf.mac if intf and intf.mac else None) or live.get(i),
+                        "ips": [str(a) for a in (intf.ips if intf else [])],
+                    }
                 fabric["hosts"][n.name] = {
                     "ips": [str(i) for i in n.ips],
-                    "mac": next((i.mac for i in n.interfaces.values() if i.mac), None),
+                    "mac": next((v["mac"] for v in interfaces.values() if v["mac"]), None),
                     "gateway": str(n.gateway) if n.gateway else None,
+                    "interfaces": interfaces,
                 }
         self.state.dir.mkdir(parents=True, exist_ok=True)
         Path(self.state.dir / "fabric.json").write_text(json.dumps(fabric, indent=1))

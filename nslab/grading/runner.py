@@ -47,9 +47,18 @@ def _instance_name(prefix: str) -> str:
     n = 5 - len(head)
     for _ in range(200):
         name = head + "".join(random.choices(string.ascii_lowercase + string.digits, k=n))
-        if not (RUN_DIR / name).exists() and name not in cgroup.labs() and not _claimed(name):
+        if not _in_use(name) and not _claimed(name):
             return name
     raise NslabError("no free lab instance name: too many labs running?")
+
+
+def _in_use(name: str) -> bool:
+    """A running lab is called `name` or `name` plus a variant digit (which
+    `_force_down(name)` would take down)."""
+    taken = set(cgroup.labs()) | (
+        {p.name for p in RUN_DIR.iterdir()} if RUN_DIR.is_dir() else set()
+    )
+    return any(t == name or (t.startswith(name) and t[len(name) :].isdigit()) for t in taken)
 
 
 _CLAIMED: set[str] = set()

@@ -4,7 +4,7 @@ to pod nodes with a pluggable policy (nslab.serving.dispatcher):
     fe:
       kind: dispatcher
       pods: [p1, p2, p3]        # pod nodes of this topology (or NAME=URL strings)
-      policy: p2c               # round-robin | random | least-outstanding | p2c | jsq | maglev | FILE.py:Class
+      policy: round-robin       # round-robin | random | maglev | FILE.py:Class | socket:PATH
       port: 8080
 """
 
@@ -17,7 +17,9 @@ from nslab.kinds import NamespaceHost, Service, register
 if TYPE_CHECKING:
     from nslab.topo.model import Node, Topology
 
-KEYS = frozenset({"pods", "policy", "port", "retries", "timeout_s", "poll_interval_s"})
+KEYS = frozenset(
+    {"pods", "policy", "port", "retries", "timeout_s", "poll_interval_s", "policy_deadline_ms"}
+)
 
 
 @register

@@ -14,9 +14,12 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from numbers import Integral
+from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from nslab.serving.devices import Device
 from nslab.serving.metrics import Counter, Gauge, Histogram, Registry
@@ -70,6 +73,72 @@ class TritonPolicy(BatchPolicy):
 
     def wake_after_s(self, s: QueueState) -> float | None:
         return max(0.0, s.max_queue_delay_s - s.oldest_wait_s)
+
+
+class Decision(BaseModel):
+    """A batching decision on the policy protocol (kind `batching`)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    launch: int = Field(ge=0, description="items to launch now; 0 = wait")
+    wake_after_s: float | None = Field(default=None, ge=0, le=60, allow_inf_nan=False)
+
+
+# What a late, invalid or absent answer becomes: one item alone, i.e. no
+# batching. Never better than a policy's own answer, and the pod keeps serving.
+FALLBACK = Decision(launch=1)
+_STATE_FIELDS = [f.name for f in fields(QueueState) if f.name != "estimate_s"]
+
+
+def wire_state(s: QueueState) -> dict[str, Any]:
+    """A QueueState as the protocol sends it (estimate_s travels once, in setup)."""
+    return {k: getattr(s, k) for k in _STATE_FIELDS}
+
+
+def _check(state: dict, d: Decision) -> str | None:
+    if d.launch > state["max_batch_size"]:
+        return f"launch {d.launch} exceeds max_batch_size {state['max_batch_size']}"
+    return None
+
+
+class RemotePolicy(BatchPolicy):
+    """A policy in another process, consulted over the policy protocol."""
+
+    def __init__(self, path: str, device: Device, max_batch_size: int, deadline_s: float):
+        from nslab.policy.protocol import PolicyLink
+
+        n = min(2 * max_batch_size + 2, 1026)
+        self.link = PolicyLink(
+            path,
+            "batching",
+            {"estimate_s": [device.estimate_s(b) for b in range(n)]},
+            Decision,
+            lambda state: FALLBACK,
+            _check,
+            deadline_s,
+        )
+
+    async def ask(self, s: QueueState) -> Decision:
+        return await self.link.ask(wire_state(s))
+
+
+def remote_adapter(policy: BatchPolicy, params: dict) -> tuple[dict, Callable[[dict], dict]]:
+    """The policy side (nslab.policy.runner): protocol state -> the student's
+    QueueState -> policy.decide / wake_after_s -> decision. estimate_s(b) reads
+    the table the pod sent (None beyond it): a copy, changing it changes nothing."""
+    table = list(params.get("estimate_s") or [])
+
+    def estimate_s(b: int) -> float | None:
+        return table[b] if 0 <= b < len(table) else None
+
+    def handle(state: dict) -> dict:
+        s = QueueState(**state, estimate_s=estimate_s)
+        n = policy.decide(s)
+        if isinstance(n, Integral) and not isinstance(n, bool):
+            n = int(n)
+        wake = policy.wake_after_s(s) if n == 0 else None
+        return {"launch": n, "wake_after_s": wake}
+
+    return {}, handle
 
 
 @dataclass
@@ -169,17 +238,23 @@ class Batcher:
             estimate_s=self.device.estimate_s,
         )
 
+    async def _decide(self, s: QueueState) -> tuple[int, float | None]:
+        if isinstance(self.policy, RemotePolicy):
+            d = await self.policy.ask(s)
+            return d.launch, d.wake_after_s
+        n = int(self.policy.decide(s))
+        return n, (self.policy.wake_after_s(s) if n <= 0 else None)
+
     async def _schedule(self) -> None:
         while True:
             timeout = None
+            # Cleared before asking: what arrives while a remote policy thinks wakes us.
+            self.wakeup.clear()
             if self.queue and self.idle > 0:
-                s = self.state()
-                n = int(self.policy.decide(s))
+                n, timeout = await self._decide(self.state())
                 if n > 0:
                     self._launch(self._take(n))
                     continue
-                timeout = self.policy.wake_after_s(s)
-            self.wakeup.clear()
             if timeout is None:
                 await self.wakeup.wait()
             else:

@@ -9,7 +9,7 @@ rejection (HTTP 503, queue full) is passed to the client, not retried: it
 is back-pressure, and retrying it elsewhere would hide overload.
 
 Run one:  python -m nslab.serving.dispatcher --pods a=http://10.0.0.2:8000,b=http://10.0.0.3:8000
-              --policy p2c --port 8080
+              --policy round-robin --port 8080
 """
 
 from __future__ import annotations
@@ -26,14 +26,19 @@ from nslab.errors import NslabError
 from nslab.serving import metrics as prom
 from nslab.serving.http import HttpError, Request, Response, serve
 from nslab.serving.plugins import class_from_file
-from nslab.serving.policies import POLICIES, DispatchRequest, PodView, Policy
+from nslab.serving.policies import POLICIES, DispatchRequest, PodView, Policy, RemotePolicy
+
+POLICY_HELP = f"{', '.join(POLICIES)}, FILE.py:Class (in this process) or socket:PATH"
 
 
-def load_policy(spec: str) -> Policy:
-    """A built-in policy name, or FILE.py:ClassName (students' policies)."""
+def load_policy(spec: str, deadline_ms: float = 50.0) -> Policy:
+    """A built-in policy name, FILE.py:ClassName (a student's, loaded here),
+    or socket:PATH (a policy process connects there: nslab.policy)."""
     if spec in POLICIES:
         return POLICIES[spec]()
-    hint = f"use one of {', '.join(POLICIES)} or FILE.py:ClassName"
+    if spec.startswith("socket:"):
+        return RemotePolicy(spec[len("socket:") :], deadline_ms / 1000)
+    hint = f"use one of {POLICY_HELP}"
     return class_from_file(spec, "dispatch policy", hint, "nslab_dispatch_")()
 
 
@@ -59,9 +64,10 @@ class Dispatcher:
         timeout_s: float = 10.0,
         poll_interval_s: float = 0.02,
         probe_interval_s: float = 0.25,
+        policy_deadline_ms: float = 50.0,
     ):
         self.pods = [PodView(n, u) for n, u in pods]
-        self.policy = load_policy(policy) if isinstance(policy, str) else policy
+        self.policy = load_policy(policy, policy_deadline_ms) if isinstance(policy, str) else policy
         self.retries = retries
         self.timeout_s = timeout_s
         self.poll_interval_s = poll_interval_s
@@ -84,10 +90,15 @@ class Dispatcher:
         self.port = 0
 
     async def start(self, host: str = "0.0.0.0", port: int = 0) -> int:
+        if isinstance(self.policy, RemotePolicy):
+            await self.policy.link.start()
+            for m in self.policy.link.metrics():
+                self.registry.add(m)
         self.server = await serve(self.handle, host, port)
         self.port = self.server.sockets[0].getsockname()[1]
         self.tasks.append(asyncio.ensure_future(self._probe_loop()))
-        if self.policy.needs_metrics:
+        # A remote policy says whether it needs metrics once it connects.
+        if self.policy.needs_metrics or isinstance(self.policy, RemotePolicy):
             self.tasks.append(asyncio.ensure_future(self._scrape_loop()))
         return self.port
 
@@ -98,6 +109,8 @@ class Dispatcher:
             self.server.close()
         for p in self.pods:
             p.pool.close()
+        if isinstance(self.policy, RemotePolicy):
+            await self.policy.link.stop()
 
     def _mark_down(self, pod: PodView) -> None:
         pod.healthy = False
@@ -135,7 +148,8 @@ class Dispatcher:
                 pod.done_since_report -= done
 
         while True:
-            await asyncio.gather(*(scrape(p) for p in self.pods if p.healthy))
+            if self.policy.needs_metrics:
+                await asyncio.gather(*(scrape(p) for p in self.pods if p.healthy))
             await asyncio.sleep(self.poll_interval_s)
 
     async def handle(self, req: Request) -> Response:
@@ -151,7 +165,11 @@ class Dispatcher:
         if parts == ["v2", "dispatcher"]:
             return Response.json(
                 {
-                    "policy": type(self.policy).__name__,
+                    "policy": (
+                        self.policy.link.policy or "(not connected)"
+                        if isinstance(self.policy, RemotePolicy)
+                        else type(self.policy).__name__
+                    ),
                     "pods": [
                         {
                             "name": p.name,
@@ -183,7 +201,10 @@ class Dispatcher:
             if not candidates:
                 break
             try:
-                pod = self.policy.choose(dreq, candidates)
+                if isinstance(self.policy, RemotePolicy):  # always a valid pod (or fallback)
+                    pod = await self.policy.choose_async(dreq, candidates)
+                else:
+                    pod = self.policy.choose(dreq, candidates)
             except Exception as exc:  # a student's policy: say where it failed
                 traceback.print_exc(file=sys.stderr)
                 return Response.error(
@@ -223,13 +244,22 @@ class Dispatcher:
         )
 
 
-DISPATCHER_KEYS = {"pods", "policy", "port", "host", "retries", "timeout_s", "poll_interval_s"}
+DISPATCHER_KEYS = {
+    "pods",
+    "policy",
+    "port",
+    "host",
+    "retries",
+    "timeout_s",
+    "poll_interval_s",
+    "policy_deadline_ms",
+}
 
 
 def command(node_config: dict[str, Any]) -> list[str]:
     """The command line that runs a dispatcher with this node config: keys `pods`
     (NAME=URL,... or [{name, url}]), `policy`, `port` (8080), `host`, `retries`,
-    `timeout_s`, `poll_interval_s`."""
+    `timeout_s`, `poll_interval_s`, `policy_deadline_ms`."""
     cfg = {k: v for k, v in node_config.items() if k not in ("kind", "image", "ip", "gateway")}
     unknown = sorted(set(cfg) - DISPATCHER_KEYS - {"interfaces"})
     if unknown:
@@ -252,6 +282,7 @@ async def run_dispatcher(cfg: dict[str, Any]) -> None:
         int(cfg.get("retries", 2)),
         float(cfg.get("timeout_s", 10.0)),
         float(cfg.get("poll_interval_s", 0.02)),
+        policy_deadline_ms=float(cfg.get("policy_deadline_ms", 50.0)),
     )
     port = await d.start(cfg.get("host", "0.0.0.0"), int(cfg.get("port", 8080)))
     print(f"READY {port}", flush=True)
@@ -266,7 +297,7 @@ async def run_dispatcher(cfg: dict[str, Any]) -> None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="dispatcher config as inline JSON")
     p.add_argument("--pods", help="NAME=URL,NAME=URL,...")
-    p.add_argument("--policy", help=f"{', '.join(POLICIES)} or FILE.py:Class (default round-robin)")
+    p.add_argument("--policy", help=f"{POLICY_HELP} (default round-robin)")
     p.add_argument("--port", type=int, help="listen port (default 8080; 0 = any)")
     p.add_argument("--host", help="listen address (default 0.0.0.0)")
     p.add_argument(

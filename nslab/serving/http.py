@@ -131,6 +131,9 @@ class _ServerProtocol(asyncio.Protocol):
         if "chunked" in headers.get("transfer-encoding", ""):
             self._fail(400, "chunked request bodies are not supported; send Content-Length")
             return
+        if length < 0:
+            self._fail(400, f"negative Content-Length {length}")
+            return
         if length > MAX_BODY:
             self._fail(413, f"body of {length} bytes exceeds {MAX_BODY}")
             return

@@ -1,22 +1,31 @@
-"""What the checks of labs 3 and 4 share: a model repository the sandboxed
-student user can read, and pods / dispatchers that load student code and
-therefore run as that user, with the lab's limits (nslab.grading.sandbox).
-The grader's own load generator (nslab.serving.load) runs in the check."""
+"""What the checks of labs 3 and 4 share. The grader owns everything it
+measures: the pods, the dispatcher and the load generator are the grader's
+processes (root, outside the sandbox), and so is the simulated device
+timing. The student's policy runs in a sandboxed process of its own
+(`lab.student_command`, nslab.policy.runner), which those components consult
+over the policy protocol (nslab.policy) through a Unix socket in a
+directory bound into the sandbox. Probes run here, in the grader's
+interpreter, and reach student code only through that protocol."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import pwd
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
-from collections.abc import Iterator
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from nslab.serving import local, models
+from nslab.serving import local, metrics, models
 from nslab.serving.pod import command as pod_command
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @contextlib.contextmanager
@@ -35,49 +44,103 @@ def readable_repo() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _sandbox(lab: Any, repo: Path) -> tuple[dict[str, str], Any]:
-    from nslab.grading import sandbox
+@contextlib.contextmanager
+def policy_dir(lab: Any) -> Iterator[Path]:
+    """A directory for one policy socket: the grader's (root), bound into the
+    student's sandbox; only the student's group may enter it, so no other
+    submission graded beside this one can reach the socket. Removed after."""
+    path = Path(tempfile.mkdtemp(prefix="nslab-policy-"))
+    try:
+        os.chown(path, 0, pwd.getpwnam(lab.user).pw_gid)
+        os.chmod(path, 0o710)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
-    env = sandbox.student_env(
-        str(lab.submission),
-        {"PYTHONPATH": str(REPO_ROOT), "NSLAB_MODEL_REPO": str(repo)},
-    )
-    return env, sandbox.demote(lab.user, lab.limits, cwd=str(lab.submission))
 
+class StudentPolicy:
+    """The student's policy class, answering the policy protocol in the sandbox."""
 
-class Procs:
-    """Processes a check started; stop() ends each by its pid."""
+    def __init__(self, lab: Any, spec: str, sock: Path, name: str = "policy"):
+        self.lab, self.spec, self.sock = lab, spec, sock
+        self.log_path = Path(lab.logs_dir) / f"{name}.log"
+        self.proc: subprocess.Popen | None = None
 
-    def __init__(self) -> None:
-        self.procs: list[local.Proc] = []
+    def start(self) -> StudentPolicy:
+        argv = [sys.executable, "-m", "nslab.policy.runner", "--connect", str(self.sock), self.spec]
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.lab.student_command(argv, binds=[str(self.sock.parent)]),
+                env=self.lab.student_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return self
 
-    def add(self, p: local.Proc) -> local.Proc:
-        self.procs.append(p)
-        return p
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, n: int = 12) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
 
     def stop(self) -> None:
-        for p in self.procs:
-            p.stop(sig_kill=True)
-        self.procs.clear()
+        """End it and everything the student started (forked children too)."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(5)
+        self.lab.kill_student()
 
 
-def student_pod(lab: Any, repo: Path, cfg: dict[str, Any], what: str = "your pod") -> local.Proc:
-    """A pod with the student's config/policy, as the student user, on 127.0.0.1."""
-    env, pre = _sandbox(lab, repo)
-    cfg = {"host": "127.0.0.1", "port": 0, "repo": str(repo), **cfg}
-    return local._wait_ready(local._launch(pod_command(cfg), env, pre), what)
+def scrape(url: str) -> dict:
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
+        return metrics.parse(r.read().decode())
 
 
-def student_dispatcher(
-    lab: Any, repo: Path, pods: list[tuple[str, str]], policy: str, what: str = "dispatcher"
-) -> local.Proc:
-    """A dispatcher running the student's policy file, as the student user."""
-    env, pre = _sandbox(lab, repo)
-    return local._wait_ready(local._launch(local.dispatcher_command(pods, policy), env, pre), what)
+def policy_counts(url: str) -> dict[str, int]:
+    """How a component's decisions went (nslab_policy_decisions_total by outcome)."""
+    m = scrape(url)
+    return {lab["outcome"]: int(v) for lab, v in m.get("nslab_policy_decisions_total", [])}
+
+
+def fallbacks(counts: dict[str, int]) -> int:
+    return sum(v for k, v in counts.items() if k != "ok")
+
+
+def wait_policy(url: str, policy: StudentPolicy, timeout_s: float = 30.0) -> None:
+    """Wait until the component at `url` reports the student's policy connected."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if metrics.value(scrape(url), "nslab_policy_connected") >= 1:
+            return
+        if not policy.alive():
+            break
+        time.sleep(0.1)
+    raise AssertionError(
+        f"your policy {policy.spec} did not start answering; its last output:\n{policy.log_tail()}"
+    )
+
+
+def served_per_pod(pods: dict[str, str]) -> dict[str, int]:
+    """Inference requests each pod answered, from the pods' own metrics."""
+    out = {}
+    for name, url in pods.items():
+        try:
+            out[name] = int(metrics.value(scrape(url), "nslab_requests_total"))
+        except OSError:
+            out[name] = 0
+    return out
 
 
 def grader_pods(repo: Path, *cfgs: dict[str, Any]) -> list[local.Proc]:
-    """Pods with no student code (the lab's fixed fleet), as the grader."""
+    """The grader's pods (root, no student code in them), on 127.0.0.1."""
     launched = [
         local._launch(pod_command({"host": "127.0.0.1", "port": 0, "repo": str(repo), **c}))
         for c in cfgs
@@ -93,27 +156,36 @@ def grader_pods(repo: Path, *cfgs: dict[str, Any]) -> list[local.Proc]:
     return out
 
 
-def student_python(lab: Any, repo: Path, code: str, timeout_s: float = 30.0) -> Any:
-    """Run grader-written `code` that imports student files, as the student user;
-    the code prints one JSON value on its last line, which is returned."""
-    import json
-    import subprocess
-    import sys
+def ask_policy(
+    lab: Any,
+    spec: str,
+    kind: str,
+    params: dict[str, Any],
+    decision: type,
+    states: list[dict[str, Any]],
+    check: Callable[[dict, Any], str | None] | None = None,
+    deadline_s: float = 0.25,  # 5x a component's default: a probe asks few questions
+) -> tuple[list[Any], dict[str, int], dict[str, Any], str]:
+    """Probe the student's policy from here: start it sandboxed, ask it `states`
+    over the protocol, return (decisions, None where it gave no valid one;
+    counts by outcome; the info it declared when ready; its last output)."""
+    from nslab.policy.protocol import PolicyLink
 
-    env, pre = _sandbox(lab, repo)
-    try:
-        p = subprocess.run(
-            [sys.executable, "-c", code],
-            env=env,
-            preexec_fn=pre,
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise AssertionError(f"your code did not finish within {timeout_s:g} s") from exc
-    lines = p.stdout.strip().splitlines()
-    if p.returncode != 0 or not lines:
-        err = "\n".join(p.stderr.strip().splitlines()[-8:])
-        raise AssertionError(f"your code failed (exit {p.returncode}):\n{err}")
-    return json.loads(lines[-1])
+    async def run(sock: Path, student: StudentPolicy) -> tuple[list[Any], dict, dict]:
+        link = PolicyLink(str(sock), kind, params, decision, lambda s: None, check, deadline_s)
+        await link.start()
+        try:
+            student.start()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(link.ready.wait(), 30)
+            return [await link.ask(s) for s in states], dict(link.counts), link.info
+        finally:
+            await link.stop()
+
+    with policy_dir(lab) as d:
+        student = StudentPolicy(lab, spec, d / "policy.sock", "probe")
+        try:
+            got, counts, info = asyncio.run(run(d / "policy.sock", student))
+        finally:
+            student.stop()
+    return got, counts, info, student.log_tail()

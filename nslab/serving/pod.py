@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from nslab.errors import NslabError
+from nslab.serving import kserve
 from nslab.serving import models as model_repo
 from nslab.serving.batching import Batcher as _Batcher
 from nslab.serving.batching import (
@@ -32,9 +33,10 @@ from nslab.serving.batching import (
     BatchPolicy,
     NoBatching,
     QueueFull,
+    RemotePolicy,
     TritonPolicy,
 )
-from nslab.serving.devices import make_device
+from nslab.serving.devices import Device, make_device
 from nslab.serving.http import Request, Response, serve
 from nslab.serving.metrics import Counter, Gauge, Histogram
 from nslab.serving.plugins import class_from_file
@@ -55,7 +57,10 @@ class PodConfig:
     port: int = 8000
     host: str = "0.0.0.0"
     repo: str = ""  # model repository ('' = $NSLAB_MODEL_REPO or ~/.cache/nslab/models)
-    policy: str = ""  # batching policy: '' (Triton's rule), 'none', or 'FILE.py:Class'
+    # batching policy: '' (Triton's rule), 'none', 'triton', 'FILE.py:Class' (loaded
+    # in this process), or 'socket:PATH' (a policy process connects there: nslab.policy)
+    policy: str = ""
+    policy_deadline_ms: float = 50.0  # socket policies: time to answer one decision
     name: str = ""  # pod name (metrics label); default: the model's name
 
     @classmethod
@@ -95,71 +100,21 @@ def command(node_config: dict[str, Any], python: str | None = None) -> list[str]
     return [python or sys.executable, "-m", "nslab.serving.pod", "--config", json.dumps(d)]
 
 
-def load_policy(spec: str, max_batch_size: int) -> BatchPolicy:
+def load_policy(
+    spec: str, max_batch_size: int, device: Device | None = None, deadline_ms: float = 50.0
+) -> BatchPolicy:
+    if spec.startswith("socket:"):
+        if device is None:
+            raise NslabError("a socket: batching policy needs the pod's device")
+        return RemotePolicy(spec[len("socket:") :], device, max_batch_size, deadline_ms / 1000)
     if not spec:
         return NoBatching() if max_batch_size == 1 else TritonPolicy()
     if spec == "none":
         return NoBatching()
     if spec == "triton":
         return TritonPolicy()
-    hint = "write it as FILE.py:ClassName"
+    hint = "write it as FILE.py:ClassName (or none, triton, socket:PATH)"
     return class_from_file(spec, "batching policy", hint, "nslab_policy_")()
-
-
-class BadRequest(Exception):
-    pass
-
-
-def _decode_inputs(
-    model: model_repo.Model, header: dict, binary: bytes
-) -> tuple[dict[str, np.ndarray], int]:
-    specs = {t.name: t for t in model.inputs}
-    got: dict[str, np.ndarray] = {}
-    offset = 0
-    if not isinstance(header.get("inputs"), list) or not header["inputs"]:
-        raise BadRequest("request has no 'inputs' list")
-    for t in header["inputs"]:
-        name = t.get("name")
-        if name not in specs:
-            raise BadRequest(f"unexpected input {name!r}; model {model.name} expects {list(specs)}")
-        spec = specs[name]
-        dt = t.get("datatype")
-        if dt != spec.datatype:
-            raise BadRequest(f"input {name}: datatype {dt!r}, expected {spec.datatype}")
-        shape = t.get("shape")
-        if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
-            raise BadRequest(f"input {name}: 'shape' must be a list of non-negative integers")
-        dims = spec.dims
-        if len(shape) != len(dims) + 1 or any(
-            d != -1 and d != s for d, s in zip(dims, shape[1:], strict=True)
-        ):
-            raise BadRequest(f"input {name}: shape {shape}, expected [batch, {dims}] (-1 = any)")
-        np_dt = model_repo.DTYPES[dt]
-        size = (t.get("parameters") or {}).get("binary_data_size")
-        try:
-            if size is not None:
-                arr = np.frombuffer(binary, np_dt, count=int(np.prod(shape)), offset=offset)
-                offset += int(size)
-            elif "data" in t:
-                arr = np.asarray(t["data"], dtype=np_dt)
-            else:
-                raise BadRequest(f"input {name}: no 'data' and no binary_data_size")
-            arr = arr.reshape(shape)
-        except ValueError as exc:
-            raise BadRequest(f"input {name}: data does not fit shape {shape}: {exc}") from exc
-        got[name] = arr
-    missing = set(specs) - set(got)
-    if missing:
-        raise BadRequest(f"missing input(s) {sorted(missing)}")
-    rows = {a.shape[0] for a in got.values()}
-    if len(rows) != 1:
-        raise BadRequest("inputs disagree on the batch dimension")
-    n = rows.pop()
-    if n < 1:
-        raise BadRequest("batch dimension is 0")
-    if n > model.max_batch_size:
-        raise BadRequest(f"batch of {n} exceeds the model's max_batch_size {model.max_batch_size}")
-    return got, n
 
 
 class Pod:
@@ -188,15 +143,21 @@ class Pod:
             cfg.max_batch_size,
             cfg.max_queue_delay_us,
             cfg.queue_limit,
-            load_policy(cfg.policy, cfg.max_batch_size),
+            load_policy(cfg.policy, cfg.max_batch_size, self.device, cfg.policy_deadline_ms),
             self.metrics,
             self.model.name,
         )
+        self.model_outputs = {t.name: t for t in self.model.outputs}
         self.server: asyncio.base_events.Server | None = None
         self.port = cfg.port
         self._inflight = 0
 
     async def start(self) -> int:
+        if isinstance(self.batcher.policy, RemotePolicy):
+            link = self.batcher.policy.link
+            await link.start()
+            for m in link.metrics():
+                self.metrics.registry.add(m)
         self.batcher.start()
         self.server = await serve(self.handle, self.cfg.host, self.cfg.port)
         self.port = self.server.sockets[0].getsockname()[1]
@@ -206,6 +167,8 @@ class Pod:
         if self.server:
             self.server.close()
         await self.batcher.stop()
+        if isinstance(self.batcher.policy, RemotePolicy):
+            await self.batcher.policy.link.stop()
 
     async def handle(self, req: Request) -> Response:
         parts = [p for p in req.path.split("/") if p]
@@ -258,18 +221,27 @@ class Pod:
 
     async def _infer(self, req: Request) -> Response:
         try:
-            hlen = req.headers.get("inference-header-content-length")
-            if hlen is not None:
-                header = json.loads(req.body[: int(hlen)])
-                binary = req.body[int(hlen) :]
-            else:
-                header = json.loads(req.body)
-                binary = b""
-            if not isinstance(header, dict):
-                raise BadRequest("request body must be a JSON object")
-            inputs, rows = _decode_inputs(self.model, header, binary)
-        except (ValueError, BadRequest) as exc:
+            header, binary = kserve.parse(
+                req.body, req.headers.get("inference-header-content-length")
+            )
+            inputs, rows = kserve.decode_inputs(self.model, header, binary)
+        except kserve.BadRequest as exc:
             return Response.error(400, f"bad inference request: {exc}")
+        names = list(self.model_outputs)
+        binary_of = dict.fromkeys(names, False)
+        all_binary = bool((header.parameters or {}).get("binary_data_output"))
+        if header.outputs:
+            names = []
+            for o in header.outputs:
+                if o.name not in self.model_outputs:
+                    have = list(self.model_outputs)
+                    return Response.error(
+                        400, f"bad inference request: unknown output {o.name!r}; have {have}"
+                    )
+                names.append(o.name)
+                binary_of[o.name] = bool((o.parameters or {}).get("binary_data", all_binary))
+        else:
+            binary_of = dict.fromkeys(names, all_binary)
         try:
             fut = self.batcher.submit(inputs, rows)
         except QueueFull as exc:
@@ -278,26 +250,12 @@ class Pod:
             outputs, queue_s, compute_s, batch = await fut
         except Exception as exc:
             return Response.error(500, f"model {self.model.name} failed: {exc!r}")
-        return self._encode(header, outputs, queue_s, compute_s, batch)
+        return self._encode(header.id, names, binary_of, outputs, queue_s, compute_s, batch)
 
-    def _encode(self, header: dict, outputs: dict, queue_s, compute_s, batch) -> Response:
-        wanted = header.get("outputs")
-        all_binary = bool((header.get("parameters") or {}).get("binary_data_output"))
-        if wanted:
-            names = []
-            binary_of = {}
-            for o in wanted:
-                if o.get("name") not in outputs:
-                    return Response.error(
-                        400, f"unknown output {o.get('name')!r}; have {list(outputs)}"
-                    )
-                names.append(o["name"])
-                binary_of[o["name"]] = bool(
-                    (o.get("parameters") or {}).get("binary_data", all_binary)
-                )
-        else:
-            names = list(outputs)
-            binary_of = dict.fromkeys(names, all_binary)
+    def _encode(
+        self, rid: str | None, names: list[str], binary_of: dict[str, bool], outputs: dict,
+        queue_s: float, compute_s: float, batch: int,
+    ) -> Response:  # fmt: skip
         specs = {t.name: t for t in self.model.outputs}
         out_json = []
         blobs = []
@@ -326,8 +284,8 @@ class Pod:
                 "pod": self.name,
             },
         }
-        if "id" in header:
-            body["id"] = header["id"]
+        if rid is not None:
+            body["id"] = rid
         js = json.dumps(body, separators=(",", ":")).encode()
         if not blobs:
             return Response(200, js)

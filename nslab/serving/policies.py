@@ -12,13 +12,24 @@ to it and has not had answered yet), reported_queue (the pod's own count of
 requests it holds, from its /metrics, refreshed every `poll_interval_s`),
 queue_estimate (reported_queue corrected by what was sent and answered since
 that report), served, failures.
+
+The built-in policies are building blocks: round-robin, random and Maglev
+consistent hashing. Load-aware policies (power of two choices, join the
+shortest queue) are what lab 4 asks you to write. A policy can also run in a
+process of its own (`RemotePolicy`, `--policy socket:PATH`): the dispatcher
+then asks it over the policy protocol (nslab.policy) with a deadline, and a
+late or invalid answer is replaced by round-robin's choice.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
 
 from nslab.serving.http import Pool, split_url
 
@@ -78,36 +89,6 @@ class Random(Policy):
         return self.rng.choice(pods)
 
 
-class LeastOutstanding(Policy):
-    """The pod with the fewest requests this dispatcher is waiting on (ties: first)."""
-
-    def choose(self, request, pods):
-        return min(pods, key=lambda p: p.outstanding)
-
-
-class PowerOfTwo(Policy):
-    """Sample two distinct pods at random, send to the less loaded (Mitzenmacher)."""
-
-    def __init__(self, seed: int | None = 0) -> None:
-        self.rng = random.Random(seed)
-
-    def choose(self, request, pods):
-        if len(pods) == 1:
-            return pods[0]
-        a, b = self.rng.sample(pods, 2)
-        return a if a.outstanding <= b.outstanding else b
-
-
-class JoinShortestQueue(Policy):
-    """The pod whose own queue (from its metrics, corrected for requests in
-    transit since the scrape) is shortest."""
-
-    needs_metrics = True
-
-    def choose(self, request, pods):
-        return min(pods, key=lambda p: (p.queue_estimate, p.outstanding))
-
-
 def _h(s: str, salt: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8, key=salt).digest(), "big")
 
@@ -157,8 +138,75 @@ class ConsistentHash(Policy):
 POLICIES: dict[str, type[Policy]] = {
     "round-robin": RoundRobin,
     "random": Random,
-    "least-outstanding": LeastOutstanding,
-    "p2c": PowerOfTwo,
-    "jsq": JoinShortestQueue,
     "maglev": ConsistentHash,
 }
+
+
+# -- the policy protocol, kind `dispatch` (see nslab.policy) ------------------
+_VIEW_FIELDS = (
+    "name",
+    "url",
+    "outstanding",
+    "reported_queue",
+    "sent_since_report",
+    "done_since_report",
+    "served",
+    "failures",
+)
+
+
+class Choice(BaseModel):
+    """A dispatch decision: the name of one of the pods offered."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    pod: str
+
+
+def wire_state(request: DispatchRequest, pods: list[PodView]) -> dict[str, Any]:
+    return {
+        "request": {"model": request.model, "key": request.key},
+        "pods": [{k: getattr(p, k) for k in _VIEW_FIELDS} for p in pods],
+    }
+
+
+def _check(state: dict, c: Choice) -> str | None:
+    names = [p["name"] for p in state["pods"]]
+    return None if c.pod in names else f"pod {c.pod!r} was not offered (offered: {names})"
+
+
+class RemotePolicy(Policy):
+    """A dispatch policy in another process. Fallback: round-robin."""
+
+    def __init__(self, path: str, deadline_s: float = 0.05):
+        from nslab.policy.protocol import PolicyLink
+
+        self.turn = 0
+
+        def fallback(state: dict) -> Choice:
+            self.turn += 1
+            return Choice(pod=state["pods"][self.turn % len(state["pods"])]["name"])
+
+        self.link = PolicyLink(path, "dispatch", {}, Choice, fallback, _check, deadline_s)
+
+    @property
+    def needs_metrics(self) -> bool:  # type: ignore[override]
+        return bool(self.link.info.get("needs_metrics"))
+
+    async def choose_async(self, request: DispatchRequest, pods: list[PodView]) -> PodView:
+        c = await self.link.ask(wire_state(request, pods))
+        return next(p for p in pods if p.name == c.pod)
+
+
+def remote_adapter(policy: Policy, params: dict) -> tuple[dict, Callable[[dict], dict]]:
+    """The policy side (nslab.policy.runner): protocol state -> DispatchRequest and
+    PodViews -> policy.choose -> the chosen pod's name."""
+    info = {"needs_metrics": bool(getattr(policy, "needs_metrics", False))}
+
+    def handle(state: dict) -> dict:
+        r = state["request"]
+        req = DispatchRequest(r["model"], r["key"], {})
+        pods = [PodView(**p) for p in state["pods"]]
+        chosen = policy.choose(req, pods)
+        return {"pod": getattr(chosen, "name", chosen)}
+
+    return info, handle

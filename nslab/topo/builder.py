@@ -22,7 +22,7 @@ from nslab.problems import Problems
 from nslab.topo.addresses import apply_addresses, auto_addresses, auto_dpids
 from nslab.topo.context import LABEL_PREFIX, BuildContext, Built, keys, show
 from nslab.topo.links import read_links
-from nslab.topo.model import Controller, Origin, Topology
+from nslab.topo.model import FABRIC_VIEWS, Controller, Origin, Topology
 from nslab.topo.nodes import read_nodes
 from nslab.yamlsrc import LMap, duplicate_problems
 
@@ -127,22 +127,22 @@ def _controller(ctx: BuildContext, tp: LMap) -> Controller | None:
         ctx.bad(
             o,
             f"controller must be an app name or a mapping, got {show(value)}",
-            "write `controller: l2_learning` or `controller: {app: l2_learning, port: 6653}`",
+            "write `controller: fabric_router` or `controller: {app: fabric_router, port: 6653}`",
         )
         return None
     for key in value:
-        if key not in ("app", "port"):
+        if key not in ("app", "port", "fabric"):
             ctx.bad(
                 ctx.origin(value, key, f"topology.controller.{key}"),
                 f"unknown key '{key}'",
-                "controller takes `app` and `port`",
+                "controller takes `app`, `port` and `fabric`",
             )
     app = value.get("app")
     if not isinstance(app, str) or not app:
         ctx.bad(
             o,
             "controller needs `app`",
-            "e.g. `app: l2_learning` (a file in controller/) or a path",
+            "e.g. `app: fabric_router` (a file in controller/) or a path",
         )
         return None
     port = value.get("port")
@@ -155,7 +155,16 @@ def _controller(ctx: BuildContext, tp: LMap) -> Controller | None:
             "leave it out to let nslab pick a free port",
         )
         port = None
-    return Controller(app=app, port=port, origin=o)
+    fabric = value.get("fabric", "full")
+    if fabric not in FABRIC_VIEWS:
+        ctx.bad(
+            ctx.origin(value, "fabric", "topology.controller.fabric"),
+            f"controller fabric must be {' or '.join(FABRIC_VIEWS)}, got {show(fabric)}",
+            "`switches-only` hides hosts (MACs, attachment ports) from the controller's "
+            "fabric.json; leave it out for the full view",
+        )
+        fabric = "full"
+    return Controller(app=app, port=port, fabric=fabric, origin=o)
 
 
 def _controller_from_labels(ctx: BuildContext, tp: LMap) -> Controller | None:
@@ -173,4 +182,10 @@ def _controller_from_labels(ctx: BuildContext, tp: LMap) -> Controller | None:
     except ValueError:
         ctx.bad(o, f"bad controller port label {port!r}", "write a number 1-65535")
         port = None
-    return Controller(app=str(labels[f"{LABEL_PREFIX}controller"]), port=port, origin=o)
+    fabric = str(labels.get(f"{LABEL_PREFIX}controller-fabric", "full"))
+    if fabric not in FABRIC_VIEWS:
+        ctx.bad(o, f"bad controller fabric label {fabric!r}", " or ".join(FABRIC_VIEWS))
+        fabric = "full"
+    return Controller(
+        app=str(labels[f"{LABEL_PREFIX}controller"]), port=port, fabric=fabric, origin=o
+    )

@@ -10,7 +10,7 @@ schema allows free values, and `nslab.topo.load` reads it back:
 - a host that must stay without address -> `nslab.ip: none`
 - kind-specific nslab keys -> `nslab.<key>` labels (YAML text)
 - the controller -> labels of `topology.kinds.ovs-bridge`:
-  `nslab.controller`, `nslab.controller-port`
+  `nslab.controller`, `nslab.controller-port`, `nslab.controller-fabric`
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ def to_containerlab(topo: Topology) -> dict[str, Any]:
         labels: dict[str, Any] = {f"{LABEL_PREFIX}controller": topo.controller.app}
         if topo.controller.port is not None:
             labels[f"{LABEL_PREFIX}controller-port"] = topo.controller.port
+        if topo.controller.fabric != "full":
+            labels[f"{LABEL_PREFIX}controller-fabric"] = topo.controller.fabric
         doc_topology["kinds"] = {"ovs-bridge": {"labels": labels}}
     doc_topology["nodes"] = nodes
     links = [_link(link, single_ip) for link in topo.links]

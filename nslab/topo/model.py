@@ -115,12 +115,18 @@ class Node:
         return ips[0] if ips else None
 
 
+# What fabric.json tells the controller (nslab.controller.fabric.VIEWS).
+FABRIC_VIEWS = ("full", "switches-only")
+
+
 @dataclass
 class Controller:
     """The OpenFlow controller of the topology's ovs-bridge nodes."""
 
     app: str  # path or module of an os-ken/Ryu app
     port: int | None = None  # None: pick a free port at `up`
+    # what the engine's fabric.json tells it: "full", or "switches-only" (no hosts)
+    fabric: str = "full"
     origin: Origin = field(default_factory=Origin)
 
 

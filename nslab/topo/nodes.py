@@ -206,7 +206,7 @@ def _labels(ctx: BuildContext, node: Node) -> None:
                 node.config.setdefault("_nslab_ip", value)
             else:
                 ctx.bad(lo, f"label '{label}' needs an interface", "write nslab.mac.eth0")
-        elif key in ("controller", "controller-port"):
+        elif key in ("controller", "controller-port", "controller-fabric"):
             pass  # read from topology.kinds.ovs-bridge by _controller_from_labels
         elif kind is not None and rest in kind.allowed_keys:
             try:  # a kind's own key, exported as YAML text

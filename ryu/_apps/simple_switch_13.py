@@ -4,7 +4,7 @@ Written for nslab (os-ken has no bundled apps) with the class name and
 attributes Ryu tutorials subclass: `SimpleSwitch13`, `mac_to_port`,
 `add_flow(datapath, priority, match, actions, buffer_id=None)`.
 It floods unknown destinations on every port, so use it on loop-free
-topologies only; on a looped fabric use the kit's `l2_learning`.
+topologies only; on a looped fabric use the kit's `fabric_router`.
 """
 
 from os_ken.base import app_manager

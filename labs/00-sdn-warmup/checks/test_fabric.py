@@ -4,11 +4,10 @@ links, iperf3). Nothing the student's app prints or logs counts."""
 
 from __future__ import annotations
 
-import statistics
 import threading
 
 import pytest
-from conftest import cross_rack_pairs, ping_pairs, settle
+from conftest import ping_pairs, ping_until_answered, settle, tx_packets
 
 from nslab.measure import iperf3 as run_iperf3
 
@@ -18,11 +17,9 @@ def test_all_pairs_reachable(lab, ping, record):
     """every host reaches every other host"""
     hosts = lab.hosts()
     pairs = [(a, b) for a in hosts for b in hosts if a != b]
-    results = ping_pairs(ping, pairs, count=2, interval_s=0.1, workers=6)
     # A busy machine can delay the first packets (they go to the controller):
-    # pairs without a reply get a second, longer chance.
-    retry = [p for p, r in results.items() if not r.ok]
-    results.update(ping_pairs(ping, retry, count=5, interval_s=0.5, wait_s=3.0, workers=6))
+    # pairs without a reply get more, longer chances.
+    results = ping_until_answered(ping, pairs, count=2, interval_s=0.1, workers=6)
     bad = [f"{a}->{b}" for (a, b), r in results.items() if not r.ok]
     record.value("pairs", len(pairs))
     record.value("unreachable pairs", len(bad))
@@ -31,28 +28,41 @@ def test_all_pairs_reachable(lab, ping, record):
     )
 
 
+def pairs_and_bystanders(racks):
+    """Pings between the first host of each rack; the other hosts only listen."""
+    firsts = [hs[0] for hs in racks.values()]
+    pairs = [(a, b) for a in firsts for b in firsts if a != b]
+    return pairs, [h for hs in racks.values() for h in hs[1:]]
+
+
 @pytest.mark.points(3)
 def test_no_packet_ins_once_warm(lab, ping, openflow, racks, record):
-    """after warm-up, steady traffic never reaches the controller"""
-    pairs = cross_rack_pairs(racks)[:4]
-    warm = ping_pairs(ping, pairs, count=2)  # warm-up: learning, flows installed
-    retry = [p for p, r in warm.items() if r.received < 2]  # a busy machine: a second chance
-    ping_pairs(ping, retry, count=5, interval_s=0.5, wait_s=3.0)
+    """after warm-up, steady traffic never reaches the controller nor other hosts"""
+    pairs, bystanders = pairs_and_bystanders(racks)
+    ping_until_answered(ping, pairs, count=2)  # warm-up: learning, flows installed
     settle()
     before = sum(openflow.packet_ins(sw) for sw in lab.switches())
+    heard_before = tx_packets(openflow, lab, bystanders)
     series = ping_pairs(ping, pairs, count=40, interval_s=0.05, wait_s=1.0)
     settle()
     after = sum(openflow.packet_ins(sw) for sw in lab.switches())
+    heard = sum(tx_packets(openflow, lab, bystanders).values()) - sum(heard_before.values())
     echoes = sum(2 * r.received for r in series.values())
     record.value("echo packets", echoes)
     record.value("packet-ins during the series", after - before)
+    record.value("packets sent to bystander hosts during the series", heard)
     assert echoes > 0, "expected replies to the ping series, observed none"
-    # a little slack for hosts' own background multicast (IPv6 router solicitations etc.)
+    # a little slack for hosts' own background traffic (ARP refreshes etc.)
     limit = max(5, echoes // 20)
     assert after - before <= limit, (
         f"expected at most {limit} packet-ins (OVS counters of flows to the controller) while "
         f"{echoes} echo packets crossed the fabric, observed {after - before}: "
         "install flows so that known traffic is forwarded by the switches"
+    )
+    assert heard <= limit, (
+        f"expected at most {limit} packets towards hosts that take no part ({', '.join(bystanders)}) "
+        f"while {echoes} echo packets crossed the fabric, observed {heard} (OVS port counters): "
+        "send traffic for a known host to that host only, do not flood it"
     )
 
 
@@ -85,27 +95,44 @@ def test_no_arp_storm(lab, ping, capture, racks, record):
 
 @pytest.mark.points(2)
 @pytest.mark.variants("default")
-def test_inter_rack_throughput(lab, racks, record, expect):
-    """iperf3 between racks reaches the configured host rate"""
+def test_inter_rack_bulk_transfer_stays_in_the_switches(lab, ping, racks, openflow, record):
+    """bulk TCP between racks is switched by flows, towards its destination only"""
     (rack_a, hosts_a), (rack_b, hosts_b) = list(racks.items())[:2]
-    rate = float(lab.params.get("host_bw", 100))
-    runs = []
-    for _ in range(3):
-        r = run_iperf3(lab, hosts_a[0], hosts_b[0], lab.ip(hosts_b[0]), seconds=2, interval_s=0.5)
-        runs.append(r)
-    med = statistics.median(r.mbps for r in runs)
-    best = max(runs, key=lambda r: r.mbps)
+    src, dst = hosts_a[0], hosts_b[0]
+    bystanders = [h for hs in racks.values() for h in hs if h not in (src, dst)]
+    ping_until_answered(ping, [(src, dst), (dst, src)], count=2)  # warm-up
+    settle()
+    pins = sum(openflow.packet_ins(sw) for sw in lab.switches())
+    heard = tx_packets(openflow, lab, bystanders)
+    got = tx_packets(openflow, lab, [dst])[dst]
+    r = run_iperf3(lab, src, dst, lab.ip(dst), seconds=2, interval_s=0.5)
+    settle()
+    pins = sum(openflow.packet_ins(sw) for sw in lab.switches()) - pins
+    heard = sum(tx_packets(openflow, lab, bystanders).values()) - sum(heard.values())
+    got = tx_packets(openflow, lab, [dst])[dst] - got
     record.series(
-        f"{hosts_a[0]} -> {hosts_b[0]} throughput (best of 3 runs)",
-        [t for t, _ in best.intervals],
-        [bps / 1e6 for _, bps in best.intervals],
+        f"{src} -> {dst} throughput",
+        [t for t, _ in r.intervals],
+        [bps / 1e6 for _, bps in r.intervals],
         ylabel="Mbit/s",
     )
-    record.value("median of 3 runs", round(med, 1), "Mbit/s")
-    # 15% of the link rate: holds on a loaded 2-core machine with OVS's userspace
-    # datapath (35-41 Mbit/s measured with another lab grading beside it); a
-    # fabric that sends every packet through the controller got 2.3-7.5 Mbit/s.
-    expect(med, ">=", 0.15 * rate, f"median throughput {hosts_a[0]} -> {hosts_b[0]}", "Mbit/s")
+    # Throughput is recorded, not graded: it follows the machine's load (the
+    # userspace datapath shares 2 cores with the grader); which path the
+    # packets take does not.
+    record.value("throughput", round(r.mbps, 1), "Mbit/s")
+    record.value("packets delivered to " + dst, got)
+    record.value("packet-ins during the transfer", pins)
+    record.value("packets sent to other hosts", heard)
+    assert got >= 100, f"expected the transfer to deliver packets to {dst}, observed {got}"
+    limit = max(10, got // 100)
+    assert pins <= limit, (
+        f"expected at most {limit} packet-ins while {got} packets reached {dst}, observed {pins}: "
+        "a bulk transfer must be forwarded by flows, not by the controller"
+    )
+    assert heard <= limit, (
+        f"expected at most {limit} packets towards other hosts while {got} reached {dst}, "
+        f"observed {heard}: known unicast must not be flooded"
+    )
 
 
 @pytest.mark.points(3)

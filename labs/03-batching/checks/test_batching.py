@@ -5,14 +5,21 @@ sim-gpu profile (latency(b) = 20 ms + 1 ms * b up to b = 32): unbatched it
 serves about 47 requests/s, so the target rate is out of reach without
 batching. The grader's load generator offers Poisson arrivals at the target
 rate and measures p99 and goodput; outputs are compared with the model's
-reference outputs."""
+reference outputs.
+
+The pod is the grader's (root); the student's policy class runs sandboxed in
+its own process and is consulted over the policy protocol (nslab.policy):
+the device's timing never leaves the pod, and a late or invalid answer
+launches one request alone. The baseline is measured before any student
+process runs; curve.csv is compared with the grader's own measurement."""
 
 from __future__ import annotations
 
 import pytest
 import yaml
 
-from nslab.serving import labcheck, load
+from nslab.serving import batching, labcheck, load
+from nslab.serving.devices import PROFILES
 
 TARGET_RATE = 150.0  # requests/s offered (Poisson): 3x what the pod serves unbatched
 SLO_MS = 100.0  # p99 objective
@@ -26,6 +33,7 @@ FIXED = {
 }
 STUDENT_KEYS = {"max_batch_size", "max_queue_delay_us", "policy"}
 MEASURE = {"warmup_s": 1.0, "window_s": 2.0, "stable_windows": 0, "max_windows": 3}
+BUILTIN_POLICIES = ("", "none", "triton")
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +42,8 @@ def repo():
         yield path
 
 
-def student_config(lab) -> dict:
+def student_config(lab) -> tuple[dict, str | None]:
+    """(the pod's config, the student's FILE.py:Class or None for a built-in rule)."""
     text = lab.read_output("pod.yaml")
     if text is None:
         raise AssertionError("expected pod.yaml in your submission, observed none")
@@ -50,37 +59,65 @@ def student_config(lab) -> dict:
             f"pod.yaml: keys {sorted(unknown)} are fixed by the lab; you set only "
             f"{sorted(STUDENT_KEYS)}"
         )
-    return {**cfg, **FIXED}
-
-
-@pytest.fixture(scope="module")
-def measured(lab, repo):
-    pod = labcheck.student_pod(lab, repo, student_config(lab))
-    try:
-        return load.run(
-            pod.url,
-            "digits",
-            rate=TARGET_RATE,
-            slo_ms=SLO_MS,
-            verify=True,
-            repo=repo,
-            seed=3,
-            timeout_s=10,
-            **MEASURE,
+    mbs = cfg.get("max_batch_size", 1)
+    if not isinstance(mbs, int) or isinstance(mbs, bool) or not 1 <= mbs <= 256:
+        raise AssertionError(f"pod.yaml: max_batch_size must be an integer 1..256, got {mbs!r}")
+    spec = str(cfg.pop("policy", "") or "")
+    if spec in BUILTIN_POLICIES:
+        return {**cfg, **FIXED, "policy": spec}, None
+    path, sep, cls = spec.rpartition(":")
+    if not sep or not path.endswith(".py") or path.startswith("/") or ".." in path.split("/"):
+        raise AssertionError(
+            f"pod.yaml: policy {spec!r}: write it as FILE.py:ClassName (a file of your "
+            f"submission), or one of {', '.join(repr(p) for p in BUILTIN_POLICIES)}"
         )
-    finally:
-        pod.stop(sig_kill=True)
+    return {**cfg, **FIXED}, spec
 
 
 @pytest.fixture(scope="module")
-def unbatched(repo):
-    """The same device without batching, at its best: two clients keep it busy."""
+def unbatched(lab, repo):
+    """The same device without batching, at its best: two clients keep it busy.
+    Measured first, while no student process runs."""
+    lab.kill_student()
     procs = labcheck.grader_pods(repo, dict(FIXED, max_batch_size=1))
     try:
         return load.run(procs[0].url, "digits", concurrency=2, repo=repo, **MEASURE)
     finally:
         for p in procs:
             p.stop(sig_kill=True)
+
+
+@pytest.fixture(scope="module")
+def measured(lab, repo, unbatched):
+    """The grader's pod with your pod.yaml, consulting your policy process."""
+    cfg, spec = student_config(lab)
+    with labcheck.policy_dir(lab) as d:
+        student = None
+        if spec:
+            cfg["policy"] = f"socket:{d / 'policy.sock'}"
+        (pod,) = labcheck.grader_pods(repo, cfg)
+        try:
+            if spec:
+                student = labcheck.StudentPolicy(lab, spec, d / "policy.sock").start()
+                labcheck.wait_policy(pod.url, student)
+            r = load.run(
+                pod.url,
+                "digits",
+                rate=TARGET_RATE,
+                slo_ms=SLO_MS,
+                verify=True,
+                repo=repo,
+                seed=3,
+                timeout_s=10,
+                **MEASURE,
+            )
+            r.policy_counts = labcheck.policy_counts(pod.url) if spec else {}  # type: ignore[attr-defined]
+            r.policy_log = student.log_tail() if student else ""  # type: ignore[attr-defined]
+            return r
+        finally:
+            pod.stop(sig_kill=True)
+            if student:
+                student.stop()
 
 
 def _observe(record, r) -> None:
@@ -101,6 +138,19 @@ def test_answers_correctly(lab, measured, record, expect):
     expect(measured.ok, ">", 0, "successful inferences")
     expect(measured.mismatches, "==", 0, "answers differing from the model's reference outputs")
     expect(measured.errors, "==", 0, "failed requests")
+    counts = measured.policy_counts
+    if counts:
+        for k, v in counts.items():
+            record.value(f"policy decisions: {k}", v)
+        if labcheck.fallbacks(counts) and measured.policy_log:
+            record.note(f"your policy's last output:\n{measured.policy_log}")
+        # A late or invalid answer launched one request alone instead (no batching).
+        expect(
+            labcheck.fallbacks(counts),
+            "<=",
+            max(3, sum(counts.values()) // 100),
+            "decisions your policy did not answer in time or validly (late, invalid, error, absent)",
+        )
 
 
 @pytest.mark.points(4)
@@ -131,34 +181,47 @@ def test_goodput_beats_no_batching(lab, measured, unbatched, record, expect):
     )
 
 
-POLICY_PROBE = r"""
-import json, yaml
-from nslab.serving.batching import QueueState
-from nslab.serving.devices import PROFILES
-spec = (yaml.safe_load(open("pod.yaml")) or {}).get("policy", "")
-path, _, cls = spec.rpartition(":")
-if not path:
-    print(json.dumps({"error": "pod.yaml sets no `policy: batching_policy.py:ClassName`"}))
-    raise SystemExit
-import importlib.util
-m = importlib.util.spec_from_file_location("student_policy", path)
-mod = importlib.util.module_from_spec(m); m.loader.exec_module(mod)
-policy = getattr(mod, cls)()
-est = lambda b: PROFILES["slow"].latency_s(b)
-def ask(queued, wait_s):
-    s = QueueState(now=0.0, queued_requests=queued, queued_items=queued, oldest_wait_s=wait_s,
-                   max_batch_size=32, max_queue_delay_s=0.0, idle_instances=1, estimate_s=est)
-    return int(policy.decide(s))
-print(json.dumps({"full": ask(40, 0.0), "young": ask(2, 0.0005), "old": ask(3, 0.070),
-                  "old_one": ask(1, 0.080)}))
-"""
+PROBE_MAX_BATCH = 32
+
+
+def _state(queued: int, wait_s: float) -> dict:
+    return dict(
+        now=0.0,
+        queued_requests=queued,
+        queued_items=queued,
+        oldest_wait_s=wait_s,
+        max_batch_size=PROBE_MAX_BATCH,
+        max_queue_delay_s=0.0,
+        idle_instances=1,
+    )
+
+
+PROBES = {"full": _state(40, 0.0), "young": _state(2, 0.0005), "old": _state(3, 0.070)}
+PROBES["old_one"] = _state(1, 0.080)
 
 
 @pytest.mark.points(3)
-def test_policy_behaviour(lab, repo, record, expect):
+def test_policy_behaviour(lab, record, expect):
     """your batching policy waits to batch, but never past the SLO"""
-    got = labcheck.student_python(lab, repo, POLICY_PROBE)
-    assert "error" not in got, got.get("error")
+    _, spec = student_config(lab)
+    assert spec, "pod.yaml names no policy of yours (policy: batching_policy.py:ClassName)"
+    est = [PROFILES["slow"].latency_s(b) for b in range(2 * PROBE_MAX_BATCH + 2)]
+    got, counts, _, log = labcheck.ask_policy(
+        lab,
+        spec,
+        "batching",
+        {"estimate_s": est},
+        batching.Decision,
+        list(PROBES.values()),
+        batching._check,
+    )
+    answers = dict(zip(PROBES, got, strict=True))
+    if labcheck.fallbacks(counts):
+        record.note(f"answers: {counts}; your policy's last output:\n{log}")
+    assert all(a is not None for a in answers.values()), (
+        f"your policy gave no valid answer to some questions ({counts}); its output:\n{log}"
+    )
+    got = {k: a.launch for k, a in answers.items()}
     for k, v in got.items():
         record.value(f"decide({k})", v)
     expect(got["full"], "==", 32, "items launched with 40 queued (max_batch_size 32)")
@@ -167,9 +230,7 @@ def test_policy_behaviour(lab, repo, record, expect):
     expect(got["old_one"], ">=", 1, "items launched when a lone request waited 80 ms")
 
 
-@pytest.mark.points(2)
-def test_curve_measured(lab, record, expect):
-    """curve.csv: your measured latency/throughput curve of the unbatched pod"""
+def _curve_rows(lab) -> list[dict]:
     import csv
     import io
 
@@ -179,14 +240,68 @@ def test_curve_measured(lab, record, expect):
         "observed none"
     )
     rows = list(csv.DictReader(io.StringIO(text)))
-    need = {"rate", "throughput", "p99_ms"}
+    need = {"rate", "throughput", "p50_ms", "p99_ms"}
     assert rows and need <= set(rows[0]), (
-        f"expected columns {sorted(need)}, observed {list(rows[0]) if rows else 'no rows'}"
+        f"curve.csv: expected columns {sorted(need)}, observed "
+        f"{list(rows[0]) if rows else 'no rows'}"
     )
-    rates = sorted({float(r["rate"]) for r in rows if r["rate"]})
+    try:
+        return [{k: float(r[k]) for k in need} for r in rows if r["rate"]]
+    except (TypeError, ValueError) as exc:
+        raise AssertionError(f"curve.csv: a value is not a number: {exc}") from None
+
+
+# The grader re-measures two of your load levels on its own unbatched pod:
+# your p50 there must be within P50_TOL x its p50 + P50_ABS_MS; your highest
+# throughput within TOP_TOL of what its two clients got from the same pod.
+P50_TOL, P50_ABS_MS, TOP_TOL = 0.35, 5.0, (0.75, 1.15)
+
+
+@pytest.mark.points(2)
+def test_curve_measured(lab, repo, unbatched, record, expect):
+    """curve.csv: your latency/throughput curve of the unbatched pod, as the grader measures it"""
+    rows = _curve_rows(lab)
+    rates = sorted({r["rate"] for r in rows})
     record.value("load levels", len(rates))
     expect(len(rates), ">=", 4, "load levels measured")
-    top = max(float(r["throughput"]) for r in rows)
+    top = max(r["throughput"] for r in rows)
     record.value("highest throughput", round(top, 1), "req/s")
     # The unbatched slow pod saturates near 47 req/s: the curve must reach its knee.
     expect(top, ">=", 35.0, "highest throughput in the curve (must reach the knee)", "req/s")
+    cap = unbatched.throughput
+    record.value("grader's unbatched throughput", round(cap, 1), "req/s")
+    expect(round(top / cap, 2), ">=", TOP_TOL[0], "your highest throughput / the grader's")
+    expect(round(top / cap, 2), "<=", TOP_TOL[1], "your highest throughput / the grader's")
+    below = [r for r in rates if 0 < r <= 0.6 * cap]
+    assert below, (
+        f"curve.csv has no load level at or below 60 % of capacity ({0.6 * cap:.0f} req/s)"
+    )
+    lab.kill_student()
+    (pod,) = labcheck.grader_pods(repo, dict(FIXED, max_batch_size=1))
+    try:
+        for rate in sorted({below[0], below[-1]}):
+            mine = next(r for r in rows if r["rate"] == rate)
+            r = load.run(
+                pod.url,
+                "digits",
+                rate=rate,
+                seed=11,
+                repo=repo,
+                warmup_s=0.5,
+                window_s=2.0,
+                stable_windows=0,
+                max_windows=1,
+            )
+            g = r.latency["p50_ms"]
+            record.value(
+                f"p50 at {rate:g} req/s: yours / grader's", f"{mine['p50_ms']:.1f} / {g:.1f}", "ms"
+            )
+            expect(
+                round(abs(mine["p50_ms"] - g), 1),
+                "<=",
+                round(P50_TOL * g + P50_ABS_MS, 1),
+                f"|your p50 - the grader's| at {rate:g} req/s",
+                "ms",
+            )
+    finally:
+        pod.stop(sig_kill=True)

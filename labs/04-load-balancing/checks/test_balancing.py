@@ -5,7 +5,14 @@ unbatched with a queue of 64: capacity 50 + 50 + 25 + 25 = 150 req/s.
 At 80 % load (120 req/s) round-robin sends 30 req/s to each slow pod, more
 than it can serve, so its queue and the tail explode; a load-aware policy
 keeps every pod below capacity. Round-robin and the student's policies are
-measured against the same fleet in the same run."""
+measured against the same fleet in the same run.
+
+The pods and the dispatcher are the grader's (root). The student's policy
+classes run sandboxed, one process per policy, and the dispatcher consults
+them over the policy protocol (nslab.policy); a late or invalid answer is
+replaced by round-robin's choice and counted. Requests per pod come from the
+pods' own metrics. Round-robin is measured first, while no student process
+runs."""
 
 from __future__ import annotations
 
@@ -13,7 +20,8 @@ import threading
 
 import pytest
 
-from nslab.serving import labcheck, load
+from nslab.serving import labcheck, load, local
+from nslab.serving.policies import Choice
 
 FAST = {"model": "digits", "device": "sim-gpu", "profile": "a=20,c=0,sat=1", "queue_limit": 64}
 SLOW = dict(FAST, profile="a=40,c=0,sat=1")
@@ -45,45 +53,51 @@ def fleet(repo):
             p.stop(sig_kill=True)
 
 
-def measure(lab, repo, fleet, policy: str) -> load.LoadResult:
-    from nslab.serving import local
+def _dispatch(lab, fleet, policy: str, rate: float, seed: int, repo, **kw) -> load.LoadResult:
+    """The grader's dispatcher over `fleet`, with round-robin or the student's
+    policy (a sandboxed process it consults), under the grader's load."""
+    with labcheck.policy_dir(lab) as d:
+        student = None
+        if policy == "round-robin":
+            lab.kill_student()  # the baseline: no student process may run
+            disp = local.start_dispatcher(fleet, "round-robin")
+        else:
+            disp = local.start_dispatcher(fleet, f"socket:{d / 'policy.sock'}")
+        try:
+            if policy != "round-robin":
+                student = labcheck.StudentPolicy(lab, f"policies.py:{policy}", d / "policy.sock")
+                student.start()
+                labcheck.wait_policy(disp.url, student)
+            before = labcheck.served_per_pod(dict(fleet))
+            r = load.run(disp.url, "digits", rate=rate, seed=seed, repo=repo, **kw)
+            after = labcheck.served_per_pod(dict(fleet))
+            r.per_pod = {n: after[n] - before.get(n, 0) for n in after}
+            r.policy_counts = labcheck.policy_counts(disp.url) if student else {}  # type: ignore[attr-defined]
+            r.policy_log = student.log_tail() if student else ""  # type: ignore[attr-defined]
+            return r
+        finally:
+            disp.stop(sig_kill=True)
+            if student:
+                student.stop()
 
+
+def measure(lab, repo, fleet, policy: str) -> load.LoadResult:
     # An earlier overloaded run leaves a backlog in the pods: let it drain first.
     assert local.wait_idle([u for _, u in fleet], 30), "grader problem: the pods stayed busy"
-    if policy == "round-robin":
-        d = local.start_dispatcher(fleet, "round-robin")
-    else:
-        d = labcheck.student_dispatcher(
-            lab, repo, fleet, f"policies.py:{policy}", f"the dispatcher with your {policy}"
-        )
-    try:
-        r = load.run(
-            d.url,
-            "digits",
-            rate=RATE,
-            slo_ms=SLO_MS,
-            verify=True,
-            repo=repo,
-            seed=5,
-            timeout_s=10,
-            **MEASURE,
-        )
-        r.dispatcher_log = d.log_tail(12) if r.errors else ""  # type: ignore[attr-defined]
-        return r
-    finally:
-        d.stop(sig_kill=True)
+    return _dispatch(
+        lab, fleet, policy, RATE, 5, repo, slo_ms=SLO_MS, verify=True, timeout_s=10, **MEASURE
+    )
 
 
 @pytest.fixture(scope="module")
 def runs(lab, repo, fleet):
-    """The student's two policies, then round-robin, on the same fleet."""
-    out: dict = {}
+    """Round-robin first (no student process runs), then the student's two policies."""
+    out: dict = {"round-robin": measure(lab, repo, fleet, "round-robin")}
     for policy in ("PowerOfTwo", "JoinShortestQueue"):
         try:
             out[policy] = measure(lab, repo, fleet, policy)
         except Exception as exc:  # reported by the checks that need it
             out[policy] = exc
-    out["round-robin"] = measure(lab, repo, fleet, "round-robin")
     return out
 
 
@@ -107,10 +121,20 @@ def test_policies_answer(lab, runs, record, expect):
     """requests through your policies are answered correctly"""
     for policy in ("PowerOfTwo", "JoinShortestQueue"):
         r = result(runs, policy)
-        if getattr(r, "dispatcher_log", ""):
-            record.note(f"{policy}: the dispatcher's last output:\n{r.dispatcher_log}")
+        counts = r.policy_counts
+        for k, v in counts.items():
+            record.value(f"{policy} decisions: {k}", v)
+        if labcheck.fallbacks(counts) and r.policy_log:
+            record.note(f"{policy}: your policy's last output:\n{r.policy_log}")
         expect(r.ok, ">", 0, f"{policy}: successful inferences")
         expect(r.mismatches + r.errors, "==", 0, f"{policy}: failed or wrong answers")
+        # A late or invalid answer was replaced by round-robin's choice.
+        expect(
+            labcheck.fallbacks(counts),
+            "<=",
+            max(3, sum(counts.values()) // 100),
+            f"{policy}: requests your policy did not place in time or validly",
+        )
 
 
 def _tail_checks(runs, policy, record, expect) -> None:
@@ -160,38 +184,54 @@ def test_no_pod_starved_or_overloaded(lab, runs, record, expect):
         expect(r.rejected, "==", 0, f"{policy}: requests rejected by a pod's full queue")
 
 
-PROBE = r"""
-import json, collections
-from nslab.serving.policies import PodView, DispatchRequest
-import policies
-pods = [PodView(f"p{i}", f"http://127.0.0.1:{9000 + i}") for i in range(5)]
-for i, p in enumerate(pods):
-    p.outstanding = 10 * i
-req = DispatchRequest("digits", "", {})
-pol = policies.PowerOfTwo()
-c = collections.Counter(pol.choose(req, pods).name for _ in range(4000))
-jsq = policies.JoinShortestQueue()
-for p, q in zip(pods, [7, 3, 9, 0, 5]):
-    p.reported_queue = q
-print(json.dumps({"p2c": dict(c), "jsq": jsq.choose(req, pods).name,
-                  "jsq_metrics": bool(getattr(jsq, "needs_metrics", False))}))
-"""
+def _pods(outstanding: list[int], queues: list[float]) -> list[dict]:
+    return [
+        dict(
+            name=f"p{i}",
+            url=f"http://127.0.0.1:{9000 + i}",
+            outstanding=o,
+            reported_queue=q,
+            sent_since_report=0,
+            done_since_report=0,
+            served=0,
+            failures=0,
+        )
+        for i, (o, q) in enumerate(zip(outstanding, queues, strict=True))
+    ]
+
+
+def _probe(lab, policy: str, states: list[dict]):
+    from nslab.serving.policies import _check
+
+    got, counts, info, log = labcheck.ask_policy(
+        lab, f"policies.py:{policy}", "dispatch", {}, Choice, states, _check
+    )
+    assert all(c is not None for c in got), (
+        f"your {policy} gave no valid answer to some questions ({counts}); its output:\n{log}"
+    )
+    return [c.pod for c in got], info
 
 
 @pytest.mark.points(2)
-def test_policies_do_what_they_say(lab, repo, record, expect):
+def test_policies_do_what_they_say(lab, record, expect):
     """PowerOfTwo compares two random pods; JoinShortestQueue follows the pods' queues"""
-    got = labcheck.student_python(lab, repo, PROBE)
-    c = got["p2c"]
+    import collections
+
+    req = {"model": "digits", "key": ""}
+    p2c = {"request": req, "pods": _pods([0, 10, 20, 30, 40], [0] * 5)}
+    picks, _ = _probe(lab, "PowerOfTwo", [p2c] * 2000)
+    c = collections.Counter(picks)
     n = sum(c.values())
     # Loads 0,10,20,30,40: p0 wins each of the 4 of 10 pairs it is in (40 %);
     # p4 never wins; a full scan would always pick p0.
-    record.value("PowerOfTwo picks", str(c))
+    record.value("PowerOfTwo picks", str(dict(sorted(c.items()))))
     expect(c.get("p4", 0), "==", 0, "PowerOfTwo: picks of the busiest pod")
     expect(round(c.get("p0", 0) / n, 2), "<=", 0.5, "PowerOfTwo: share of the idlest pod")
     expect(round(c.get("p0", 0) / n, 2), ">=", 0.3, "PowerOfTwo: share of the idlest pod")
-    expect(got["jsq"], "==", "p3", "JoinShortestQueue: pod chosen (queues 7,3,9,0,5)")
-    expect(got["jsq_metrics"], "==", True, "JoinShortestQueue.needs_metrics")
+    jsq = {"request": req, "pods": _pods([0, 10, 20, 30, 40], [7, 3, 9, 0, 5])}
+    (choice,), info = _probe(lab, "JoinShortestQueue", [jsq])
+    expect(choice, "==", "p3", "JoinShortestQueue: pod chosen (queues 7,3,9,0,5)")
+    expect(bool(info.get("needs_metrics")), "==", True, "JoinShortestQueue.needs_metrics")
 
 
 @pytest.mark.points(2)
@@ -199,16 +239,12 @@ def test_survives_a_pod_failure(lab, repo, record, expect):
     """the dispatcher with your PowerOfTwo survives a pod dying mid-run"""
     procs = labcheck.grader_pods(repo, *[dict(FAST, name=f"k{i}") for i in range(3)])
     pods = [(f"k{i}", p.url) for i, p in enumerate(procs)]
-    d = None
     try:
-        d = labcheck.student_dispatcher(lab, repo, pods, "policies.py:PowerOfTwo")
         killer = threading.Timer(1.5, procs[1].stop, kwargs={"sig_kill": True})
         killer.start()
-        r = load.run(d.url, "digits", rate=80, seed=9, timeout_s=5, repo=repo, **MEASURE)
+        r = _dispatch(lab, pods, "PowerOfTwo", 80, 9, repo, timeout_s=5, **MEASURE)
         killer.join()
     finally:
-        if d is not None:
-            d.stop(sig_kill=True)
         for p in procs:
             p.stop(sig_kill=True)
     record.value("requests per pod", str(dict(sorted(r.per_pod.items()))))

@@ -460,3 +460,91 @@ def remove(lab: str | None) -> list[str]:
         docker("rm", "--force", "--volumes", c["id"], check=False)
         names.append(c["name"])
     return names
+
+
+# --- student code inside a container node -------------------------------------
+
+# x86_64/arm64 share these numbers (asm-generic): open_tree 428, move_mount 429.
+_SYS_OPEN_TREE, _SYS_MOVE_MOUNT = 428, 429
+_OPEN_TREE_CLONE, _OPEN_TREE_CLOEXEC, _AT_RECURSIVE = 1, 0o2000000, 0x8000
+_MOVE_MOUNT_F_EMPTY_PATH, _AT_FDCWD, _CLONE_NEWNS = 0x4, -100, 0x20000
+
+
+def bind_into(pid: int, src: str | Path, dst: str) -> None:
+    """Bind-mount host directory `src` at `dst` inside the running container
+    whose init is `pid` (like `docker run -v`, but after the container was
+    created: the submission exists only once the lab is up). The new mount API
+    does it: clone `src` as a detached mount (open_tree), enter the
+    container's mount namespace (setns) and attach it there (move_mount), as
+    systemd's `machinectl bind` does. Runs in a forked child: setns into a
+    mount namespace needs a single-threaded process."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - child
+        os.close(r)
+        msg = b""
+        try:
+            flags = _OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC | _AT_RECURSIVE
+            tree = libc.syscall(_SYS_OPEN_TREE, _AT_FDCWD, os.fsencode(str(src)), flags)
+            if tree < 0:
+                raise OSError(ctypes.get_errno(), f"open_tree({src})")
+            ns = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY)
+            if libc.setns(ns, _CLONE_NEWNS) != 0:
+                raise OSError(ctypes.get_errno(), "setns(mnt)")
+            os.makedirs(dst, mode=0o755, exist_ok=True)
+            rc = libc.syscall(
+                _SYS_MOVE_MOUNT, tree, b"", _AT_FDCWD, os.fsencode(dst), _MOVE_MOUNT_F_EMPTY_PATH
+            )
+            if rc != 0:
+                raise OSError(ctypes.get_errno(), f"move_mount(-> {dst})")
+        except OSError as exc:
+            msg = f"{exc.strerror or exc} ({exc.filename or exc.args[-1]})".encode()
+        os.write(w, msg)
+        os._exit(1 if msg else 0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        err = f.read().decode(errors="replace")
+    _, status = os.waitpid(child, 0)
+    if status != 0:
+        raise NslabError(f"cannot bind {src} into the container of pid {pid} at {dst}: {err}")
+
+
+def student_exec_argv(
+    pid: int,
+    uid: int,
+    gid: int,
+    argv: list[str],
+    *,
+    caps: tuple[str, ...] | list[str] = (),
+    cwd: str = "/work",
+    rlimits: list[tuple[str, int]] | tuple = (),
+) -> list[str]:
+    """`argv` run inside the container whose init is `pid` as sandboxed
+    student code: all of the container's namespaces (its file system, its own
+    PID view, its network), as `uid`/`gid` with only `caps` (ambient, so they
+    survive exec into python), no new privileges, and `rlimits` (prlimit
+    names: cpu, as, nproc, fsize, nofile, core).
+
+    nsenter rather than `docker exec`: the program stays a child of the
+    grader, in the grader's process group bookkeeping, so SIGTERM reaches it
+    directly (it writes its report on the way out; `docker exec` forwards no
+    signals) and the lab's teardown and cgroup own it like any other process.
+    setpriv and the program are the container's own (nsenter enters its
+    mount namespace before it executes anything)."""
+    limits = [f"--{name}={value}" for name, value in rlimits]
+    plus = ",".join(f"+{c}" for c in caps)
+    keep = f",{plus}" if plus else ""
+    cmd = ["prlimit", *limits, "--"] if limits else []
+    cmd += ["nsenter", f"--target={pid}", "--mount", "--uts", "--ipc", "--net", "--pid", "--"]
+    # `env --chdir` runs inside the container's file system. Never nsenter's
+    # --wd: it opens the directory on the host's side, and a cwd outside the
+    # container's root is a way out of it (`ls ..` lists the host's /).
+    cmd += ["env", f"--chdir={cwd}"]
+    cmd += ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--no-new-privs"]
+    cmd += [f"--inh-caps=-all{keep}", f"--bounding-set=-all{keep}"]
+    if plus:
+        cmd.append(f"--ambient-caps={plus}")
+    return [*cmd, "--", *argv]

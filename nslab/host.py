@@ -130,6 +130,7 @@ def probe() -> list[Capability]:
             else "container nodes (NFs, pods) cannot start: run `sudo make provision`",
         )
     )
+    caps.append(_ansible_capability())
     caps.append(_cgroup_capability())
     caps.append(_sandbox_capability())
     caps.append(_rdma_capability())
@@ -167,6 +168,26 @@ def probe() -> list[Capability]:
             )
         )
     return caps
+
+
+def _ansible_capability() -> Capability:
+    """Ansible configures lab 1's NF containers (nslab.nf.apply)."""
+    import importlib.util
+    import sys
+
+    runner = importlib.util.find_spec("ansible_runner") is not None
+    playbook = shutil.which("ansible-playbook", path=str(Path(sys.executable).parent)) or (
+        shutil.which("ansible-playbook")
+    )
+    if runner and playbook:
+        return Capability("ansible", "real", f"ansible-runner and {playbook} (nslab.nf.apply)")
+    return Capability(
+        "ansible",
+        "fallback",
+        "ansible-runner or ansible-playbook missing",
+        "lab 1's NFs install their nftables kernel guard themselves instead of Ansible; "
+        "`nslab nf apply` fails: run `sudo make provision`",
+    )
 
 
 def _cgroup_capability() -> Capability:

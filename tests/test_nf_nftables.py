@@ -44,7 +44,9 @@ print(json.dumps(out))
 
 
 def test_render_errors_are_clear():
-    with pytest.raises(NslabError, match="no NF template 'nope'.*available: firewall, lb, napt"):
+    with pytest.raises(
+        NslabError, match="no NF template 'nope'.*available: firewall, guard, lb, napt"
+    ):
         render("nope")
     with pytest.raises(NslabError, match="'port' is undefined"):
         render("lb", vip="1.2.3.4", backends=["1.2.3.5"])

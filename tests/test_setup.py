@@ -49,7 +49,7 @@ def test_doctor_json_reports_every_capability():
     )
     assert r.returncode == 0, r.stderr
     caps = json.loads(r.stdout)
-    for name in ("ovs", "netem", "htb", "docker", "rdma", "gpu", "iperf3", "tshark"):
+    for name in ("ovs", "netem", "htb", "docker", "ansible", "rdma", "gpu", "iperf3", "tshark"):
         assert caps[name]["status"] in ("real", "fallback", "missing"), name
         assert caps[name]["detail"]
 

@@ -10,7 +10,7 @@ import signal
 from pathlib import Path
 
 from nslab import cgroup
-from nslab.engine.state import RUN_DIR
+from nslab.engine.state import RUN_DIR, proc_start_time
 from nslab.errors import NslabError
 from nslab.grading import sandbox
 from nslab.grading.runner import PREFIX_ENV
@@ -104,7 +104,11 @@ def _start(spec: LabSpec, args: argparse.Namespace) -> int:
         "instance": spec.name,
         "workdir": str(workdir),
         "user": user,
-        "services": {n: p.pid for n, p in glab.procs.items()},
+        # pid and start time of each service's process group: `lab stop` kills
+        # exactly these (a reused pid has another start time), whatever their user
+        "services": {
+            n: {"pid": p.pid, "start": proc_start_time(p.pid)} for n, p in glab.procs.items()
+        },
         "ports": glab.ports,
     }
     state_file.write_text(json.dumps(state, indent=1))
@@ -128,14 +132,13 @@ def _stop(spec: LabSpec) -> int:
     if not state_file.exists():
         raise NslabError(f"lab {spec.id} is not running (no {state_file})")
     state = json.loads(state_file.read_text())
-    for pid in state.get("services", {}).values():
-        try:
-            if os.stat(f"/proc/{pid}").st_uid == _uid(
-                state["user"]
-            ):  # still ours, not a reused pid
+    for rec in state.get("services", {}).values():
+        pid, start = (rec["pid"], rec.get("start")) if isinstance(rec, dict) else (rec, None)
+        if start is not None and proc_start_time(pid) == start:  # still ours, not a reused pid
+            try:
                 os.killpg(pid, signal.SIGKILL)
-        except (OSError, KeyError):
-            pass
+            except OSError:
+                pass
     # The lab's cgroup owns every process it started: the grader's services too.
     cgroup.kill(state["instance"])
     sandbox.kill_user_processes(state["user"])
@@ -150,9 +153,3 @@ def _stop(spec: LabSpec) -> int:
     state_file.unlink()
     print(f"lab {spec.id} stopped")
     return 0
-
-
-def _uid(user: str) -> int:
-    import pwd
-
-    return pwd.getpwnam(user).pw_uid

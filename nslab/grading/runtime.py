@@ -19,7 +19,7 @@ from typing import Any
 
 from nslab import process
 from nslab.errors import NslabError
-from nslab.grading import sandbox
+from nslab.grading import container_service, sandbox
 from nslab.kinds import get as get_kind
 from nslab.labs import LabSpec, Service, Variant
 from nslab.ports import free_port
@@ -147,11 +147,18 @@ class GradedLab:
         if svc.user == "grader":
             # Trusted lab code as root, in the lab's `services` cgroup; never
             # from the student's dir (python -m would put it first on sys.path).
+            # NSLAB_LAB: the lab's label, its owner where there are no cgroups
             env, role, cwd = (
-                dict(os.environ, PYTHONSAFEPATH="1", **svc.env),
+                dict(os.environ, PYTHONSAFEPATH="1", **svc.env, NSLAB_LAB=self.instance),
                 "services",
                 self.spec.path,
             )
+        elif container_service.in_container(self, svc.node):
+            # Hook (NF containers, lab 1): student code on a container node runs
+            # inside that container, in the cgroup student_command would give it;
+            # see nslab/grading/container_service.py.
+            argv, env = container_service.command(self, svc)
+            role, cwd = f"student/{svc.name}", None
         else:
             argv, role, cwd = self.student_command(argv, caps=svc.caps, role=svc.name), None, None
         r = svc.ready

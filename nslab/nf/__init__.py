@@ -14,7 +14,6 @@ See docs/nf-toolkit.md.
 from nslab.nf.config import ELEMENTS, load, parse
 from nslab.nf.element import Element
 from nslab.nf.elements import (
-    NAPT,
     ARPQuerier,
     ARPResponder,
     AverageCounter,
@@ -26,20 +25,17 @@ from nslab.nf.elements import (
     FromDevice,
     ICMPPingResponder,
     IPClassifier,
-    IPRewriter,
     Print,
     Search,
     Tee,
     ToDevice,
 )
-from nslab.nf.http_inspect import HTTPInspector
 from nslab.nf.kernel import apply, render
 from nslab.nf.packet import Packet
 from nslab.nf.router import Router
 
 __all__ = [
     "ELEMENTS",
-    "NAPT",
     "ARPQuerier",
     "ARPResponder",
     "AverageCounter",
@@ -50,10 +46,8 @@ __all__ = [
     "Element",
     "EtherRewrite",
     "FromDevice",
-    "HTTPInspector",
     "ICMPPingResponder",
     "IPClassifier",
-    "IPRewriter",
     "Packet",
     "Print",
     "Router",

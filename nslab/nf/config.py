@@ -21,7 +21,6 @@ from pathlib import Path
 from nslab.errors import NslabError
 from nslab.nf import elements as E
 from nslab.nf.element import Element
-from nslab.nf.http_inspect import HTTPInspector
 from nslab.nf.router import Router
 
 ELEMENTS: dict[str, type[Element]] = {
@@ -42,9 +41,6 @@ ELEMENTS: dict[str, type[Element]] = {
         E.ARPResponder,
         E.ARPQuerier,
         E.ICMPPingResponder,
-        E.NAPT,
-        E.IPRewriter,
-        HTTPInspector,
     )
 }
 

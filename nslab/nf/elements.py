@@ -7,7 +7,6 @@ language (`Counter(tcp)`) and Python (`Counter("tcp")`).
 from __future__ import annotations
 
 import ipaddress
-import itertools
 import time
 from collections import deque
 from typing import Any
@@ -15,14 +14,8 @@ from typing import Any
 from nslab.errors import NslabError
 from nslab.nf.element import CLOCK, Element
 from nslab.nf.filter import compile_filter
-from nslab.nf.flows import FlowTable
 from nslab.nf.packet import (
     PROTO_ICMP,
-    PROTO_TCP,
-    PROTO_UDP,
-    TCP_FIN,
-    TCP_RST,
-    TCP_SYN,
     Packet,
     arp_frame,
     b2ip,
@@ -30,8 +23,6 @@ from nslab.nf.packet import (
     icmp_echo_reply,
     ip2b,
     mac2b,
-    set_ip,
-    set_port,
 )
 from nslab.nf.rawsock import mac_of
 
@@ -476,201 +467,3 @@ class ICMPPingResponder(Element):
             self.out[0](pkt)
         else:
             self.out[1](pkt)
-
-
-def _flow_timeout(pkt: Packet, tcp_timeout: float, done_timeout: float, other: float) -> float:
-    if pkt.proto == PROTO_TCP:
-        return done_timeout if pkt.tcp_flags() & (TCP_FIN | TCP_RST) else tcp_timeout
-    return other
-
-
-class NAPT(Element):
-    """Source NAPT with a flow table (Click's IPRewriter + ICMPPingRewriter for
-    one public address). `NAPT(100.0.0.1, ports=1024-65535, tcp_timeout=300,
-    done_timeout=10, udp_timeout=60, icmp_timeout=30)`.
-    Input 0: outbound packets (TCP, UDP, ICMP echo) -> source rewritten -> output 0.
-    Input 1: inbound packets to the public address -> destination restored ->
-    output 1; without a mapping -> output 2 (e.g. pings to the NAT itself) or dropped."""
-
-    NIN = 2
-
-    def __init__(
-        self,
-        public_ip: str,
-        ports: str = "1024-65535",
-        tcp_timeout: str = "300",
-        done_timeout: str = "10",
-        udp_timeout: str = "60",
-        icmp_timeout: str = "30",
-    ):
-        super().__init__()
-        self._ports(3)
-        self.public = ip2b(public_ip)
-        lo, hi = (int(x) for x in ports.split("-"))
-        self.port_range = (lo, hi)
-        self._next_port = itertools.cycle(range(lo, hi + 1))
-        self.tcp_timeout = float(tcp_timeout)
-        self.done_timeout = float(done_timeout)
-        self.udp_timeout = float(udp_timeout)
-        self.icmp_timeout = float(icmp_timeout)
-        self.out_map = FlowTable()  # (proto, src, sport, dst, dport) -> public port
-        self.in_map = FlowTable()  # (proto, public port, remote, rport) -> (src, sport)
-        self.translated = [0, 0]
-
-    def _key_ports(self, pkt: Packet) -> tuple[int, int] | None:
-        if pkt.proto in (PROTO_TCP, PROTO_UDP) and pkt.pay > pkt.l4:
-            return pkt.sport(), pkt.dport()
-        if pkt.proto == PROTO_ICMP and pkt.pay > pkt.l4:
-            t = pkt.data[pkt.l4]
-            if t in (0, 8):  # echo: the identifier plays the port's role on both sides
-                ident = pkt.data[pkt.l4 + 4] << 8 | pkt.data[pkt.l4 + 5]
-                return ident, ident
-        return None
-
-    def _timeout(self, pkt: Packet) -> float:
-        t = self.icmp_timeout if pkt.proto == PROTO_ICMP else self.udp_timeout
-        return _flow_timeout(pkt, self.tcp_timeout, self.done_timeout, t)
-
-    def _alloc(self, proto: int, remote: bytes, rport: int) -> int | None:
-        lo, hi = self.port_range
-        for _ in range(hi - lo + 1):
-            p = next(self._next_port)
-            if self.in_map.get((proto, p, remote, rport)) is None:
-                return p
-        return None
-
-    def push(self, pkt: Packet, port: int = 0) -> None:
-        pkt.parse()
-        ports = self._key_ports(pkt) if pkt.l4 >= 0 else None
-        if ports is None:
-            self.dropped += 1
-            return
-        now = time.monotonic()
-        proto = pkt.proto
-        icmp = proto == PROTO_ICMP
-        if port == 0:
-            src, dst = pkt.src_ip(), pkt.dst_ip()
-            key = (proto, src, ports[0], dst, 0 if icmp else ports[1])
-            pub = self.out_map.get(key, now)
-            if pub is None:
-                pub = self._alloc(proto, dst, 0 if icmp else ports[1])
-                if pub is None:
-                    self.dropped += 1
-                    return
-            timeout = self._timeout(pkt)
-            self.out_map.put(key, pub, now, timeout)
-            self.in_map.put((proto, pub, dst, key[4]), (src, ports[0]), now, timeout)
-            set_ip(pkt, "src", self.public)
-            set_port(pkt, "id" if icmp else "src", pub)
-            self.translated[0] += 1
-            self.out[0](pkt)
-        else:
-            if pkt.dst_ip() != self.public:
-                self.dropped += 1
-                return
-            remote = pkt.src_ip()
-            key = (proto, ports[1], remote, 0 if icmp else ports[0])
-            orig = self.in_map.get(key, now)
-            if orig is None:
-                self.out[2](pkt)
-                return
-            self.in_map.touch(key, now, self._timeout(pkt))
-            set_ip(pkt, "dst", orig[0])
-            set_port(pkt, "id" if icmp else "dst", orig[1])
-            self.translated[1] += 1
-            self.out[1](pkt)
-
-    def tick(self, now: float) -> None:
-        self.out_map.expire(now)
-        self.in_map.expire(now)
-
-    def stats(self) -> dict[str, Any]:
-        s = super().stats()
-        s["flows"] = {self.name: len(self.in_map)}
-        return s
-
-
-class IPRewriter(Element):
-    """Destination rewriting with round-robin mapping per connection (a load
-    balancer): `IPRewriter(100.0.0.40, 100.0.0.41, 100.0.0.42, vip=100.0.0.45)`.
-    Input 0: client packets to the VIP; a new flow (TCP SYN, or any UDP packet)
-    gets the next backend; its destination is rewritten -> output 0.
-    Input 1: backend replies; the source is rewritten back to the VIP -> output 1.
-    Packets of unknown flows are dropped. Timeouts as in NAPT."""
-
-    NIN = 2
-
-    def __init__(
-        self,
-        *backends: str,
-        vip: str = "",
-        tcp_timeout: str = "300",
-        done_timeout: str = "10",
-        udp_timeout: str = "60",
-    ):
-        super().__init__()
-        if not backends or not vip:
-            raise NslabError(
-                "IPRewriter needs backends and vip=, e.g. IPRewriter(10.0.0.2, 10.0.0.3, vip=10.0.0.9)"
-            )
-        self._ports(2)
-        self.backends = [ip2b(b) for b in backends]
-        self.vip = ip2b(vip)
-        self._rr = itertools.cycle(range(len(self.backends)))
-        self.tcp_timeout = float(tcp_timeout)
-        self.done_timeout = float(done_timeout)
-        self.udp_timeout = float(udp_timeout)
-        self.fwd = FlowTable()  # (proto, client, cport, vport) -> backend index
-        self.rev = FlowTable()  # (proto, backend, bport, client, cport) -> True
-        self.assigned = [0] * len(self.backends)
-
-    def push(self, pkt: Packet, port: int = 0) -> None:
-        pkt.parse()
-        if pkt.proto not in (PROTO_TCP, PROTO_UDP) or pkt.pay <= pkt.l4:
-            self.dropped += 1
-            return
-        now = time.monotonic()
-        timeout = _flow_timeout(pkt, self.tcp_timeout, self.done_timeout, self.udp_timeout)
-        if port == 0:
-            if pkt.dst_ip() != self.vip:
-                self.dropped += 1
-                return
-            key = (pkt.proto, pkt.src_ip(), pkt.sport(), pkt.dport())
-            idx = self.fwd.get(key, now)
-            flags = pkt.tcp_flags()
-            if idx is None or (flags & TCP_SYN and not flags & 0x10 and self._restart(key, idx)):
-                if pkt.proto == PROTO_TCP and not (flags & TCP_SYN):
-                    self.dropped += 1  # mid-connection packet of a flow we do not know
-                    return
-                idx = next(self._rr)
-                self.assigned[idx] += 1
-            self.fwd.put(key, idx, now, timeout)
-            backend = self.backends[idx]
-            self.rev.put((pkt.proto, backend, key[3], key[1], key[2]), key, now, timeout)
-            set_ip(pkt, "dst", backend)
-            self.out[0](pkt)
-        else:
-            key = (pkt.proto, pkt.src_ip(), pkt.sport(), pkt.dst_ip(), pkt.dport())
-            if self.rev.get(key, now) is None:
-                self.dropped += 1
-                return
-            self.rev.touch(key, now, timeout)
-            set_ip(pkt, "src", self.vip)
-            self.out[1](pkt)
-
-    def _restart(self, key: tuple, idx: int) -> bool:
-        # A SYN on a flow that already finished (port reuse) starts a new connection;
-        # a retransmitted SYN of a live handshake keeps its backend.
-        return self.fwd.expires_soon(key, self.done_timeout)
-
-    def tick(self, now: float) -> None:
-        self.fwd.expire(now)
-        self.rev.expire(now)
-
-    def stats(self) -> dict[str, Any]:
-        s = super().stats()
-        s["classes"] = {
-            f"{self.name}.backend.{b2ip(b)}": {"connections": n}
-            for b, n in zip(self.backends, self.assigned, strict=False)
-        }
-        return s

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -119,7 +121,12 @@ def apply(
         playbook="apply-nft.yml",
         extravars={"nf_template": template, **params},
         # keep Ansible's own files (temp, home) in the run's folder, not in ~/.ansible
-        envvars={"ANSIBLE_LOCAL_TEMP": str(pdd / "tmp"), "ANSIBLE_HOME": str(pdd / "home")},
+        envvars={
+            "ANSIBLE_LOCAL_TEMP": str(pdd / "tmp"),
+            "ANSIBLE_HOME": str(pdd / "home"),
+            # ansible-playbook of this interpreter's venv, also under plain sudo
+            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        },
         quiet=quiet,
     )
     if r.rc != 0:

@@ -6,7 +6,7 @@ same as a table (for people). Layout of the JSON:
     {"nf": "lb1", "started": <unix time>, "duration_s": 12.3,
      "interfaces": {"eth0": {"in_packets", "in_bytes", "in_pps", "out_packets", "out_bytes", "out_pps"}},
      "classes":   {"<class>": {"packets", "bytes", "rate_pps"}},   # Counter(<class>) elements
-     "requests":  {"PUT diverted": 2, ...},                          # HTTPInspector decisions
+     "requests":  {"PUT diverted": 2, ...},                          # decisions of an element (e.g. an IDS)
      "drops":     {"<element or reason>": n},  "total_drops": n,
      "flows":     {"<rewriter>": live flow entries}}
 """

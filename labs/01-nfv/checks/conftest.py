@@ -201,6 +201,12 @@ class Observed:
     reports: dict[str, dict | None]
     report_errors: dict[str, str]
     nf_exit: dict[str, int | None]
+    # wall-clock time of the SIGTERM: what a capture saw after it, the NF
+    # (which stops reading then) cannot have counted
+    stopped_at: float = 0.0
+
+    def seen_by_nf(self, point: str) -> list:
+        return [p for p in self.pcaps[point] if float(p.time) <= self.stopped_at]
 
     def requests(self, host: str) -> dict[str, dict]:
         return {r["tag"]: r for g in self.plan[host] for r in g["reqs"]}
@@ -266,10 +272,11 @@ def _client(lab, host: str, groups: list[dict]) -> dict[str, dict]:
     return {x["tag"]: x for x in json.loads(r.stdout)}
 
 
-def _stop_nfs(lab) -> dict[str, int | None]:
+def _stop_nfs(lab) -> tuple[dict[str, int | None], float]:
     """SIGTERM (never SIGKILL: an NF writes its report on the way out) to all
     NFs at once, so that the captures end at about the moment the NFs do."""
     procs = {nf: lab.procs.get(nf) for nf in NFS}
+    stopped_at = time.time()
     for p in procs.values():
         if p is not None and p.poll() is None:
             try:
@@ -283,7 +290,17 @@ def _stop_nfs(lab) -> dict[str, int | None]:
             codes[nf] = None if p is None else p.wait(timeout=max(end - time.monotonic(), 0.1))
         except Exception:  # noqa: BLE001 - still running: the lab's teardown kills it
             codes[nf] = None
-    return codes
+    # An NF in a container runs under nsenter, which exits at once on SIGTERM:
+    # wait (bounded) until the NF itself, in the same process group, is gone
+    # too, so that its report is complete before it is read.
+    for p in procs.values():
+        while p is not None and time.monotonic() < end:
+            try:
+                os.killpg(p.pid, 0)
+            except OSError:
+                break
+            time.sleep(0.05)
+    return codes, stopped_at
 
 
 @pytest.fixture(scope="session")
@@ -351,7 +368,7 @@ def nfv(lab, request) -> Observed:
         # its report covers what the captures saw
         for nf in NFS:
             _drain(lab, nf, 10.0)
-        nf_exit = _stop_nfs(lab)
+        nf_exit, stopped_at = _stop_nfs(lab)
     finally:
         for c in caps.values():
             c.stop()
@@ -367,4 +384,4 @@ def nfv(lab, request) -> Observed:
             reports[nf] = json.loads(text)
         except ValueError as exc:
             reports[nf], errors[nf] = None, f"{nf}.report is not JSON: {exc}"
-    return Observed(params, plan, results, pings, warm, pcaps, reports, errors, nf_exit)
+    return Observed(params, plan, results, pings, warm, pcaps, reports, errors, nf_exit, stopped_at)

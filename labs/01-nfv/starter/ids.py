@@ -28,7 +28,8 @@ def build(r, a) -> None:
     # TODO 2: only POST and PUT may pass. Beware: header lengths vary (IHL, TCP options),
     #         and a request may be split over several segments.
     # TODO 3: PUT bodies containing one of PATTERNS (any case, anywhere) go to to_insp
-    #         instead of to_out. HTTPInspector can do 2 and 3; Search looks at one packet.
+    #         instead of to_out. Search looks at one packet only: for 2 and 3 write an
+    #         element that reassembles each flow's request (in sequence order) first.
     # TODO 4: count every class (Counter) so ids.report tells what happened.
     r.add(FromDevice(a.inp), "from_in") >> r.add(Counter("in.all"), "cnt_in") >> to_out
     r.add(FromDevice(a.out), "from_out") >> r.add(Counter("out.all"), "cnt_out") >> to_in

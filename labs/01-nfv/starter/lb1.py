@@ -24,8 +24,10 @@ def build(r, a) -> None:
 
     # TODO 1: answer ARP for the VIP with a.vip_mac (ARPResponder) and pings to the VIP
     #         (ICMPPingResponder) on the front side.
-    # TODO 2: TCP to VIP:80 -> IPRewriter(*backends, vip=a.vip) input 0 (round robin per
-    #         connection); replies from the backends -> its input 1 (source back to the VIP).
+    # TODO 2: TCP to VIP:80 -> your own element (an nslab.nf.Element subclass with two
+    #         inputs): a new connection gets the next backend (round robin), remembered in
+    #         a FlowTable (nslab.nf.flows); set_ip(pkt, "dst", ...) rewrites the destination
+    #         and fixes the checksums; backend replies get the VIP back as their source.
     # TODO 3: backends must reach the clients through you: answer their ARP on the back
     #         side (proxy ARP, but not for the backends themselves), and resolve the
     #         backends' MACs (ARPQuerier).

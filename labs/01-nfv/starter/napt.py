@@ -26,9 +26,11 @@ def build(r, a) -> None:
     #         outside (ARPResponder), and learn who is where (ARPQuerier, input 1).
     # TODO 2: classify what arrives (IPClassifier): ARP, pings to napt itself, TCP and
     #         ICMP echo from 10.0.0.0/24 leaving the zone, everything else (Discard).
-    # TODO 3: send leaving traffic through NAPT(a.outside_ip) input 0, and traffic to
-    #         100.0.0.1 from the outside through its input 1; fix the Ethernet
-    #         addresses with an ARPQuerier per side before ToDevice.
+    # TODO 3: write the NAPT itself: an nslab.nf.Element subclass whose input 0 takes
+    #         leaving traffic (new source a.outside_ip and a fresh port, kept in a
+    #         FlowTable from nslab.nf.flows) and whose input 1 takes traffic to 100.0.0.1
+    #         from the outside (translated back); set_ip/set_port (nslab.nf.packet) fix
+    #         the checksums. Fix the Ethernet addresses with an ARPQuerier per side.
     # TODO 4: count every class (Counter("name")) so napt.report tells what happened.
     r.add(FromDevice(a.inside), "from_inside") >> r.add(Counter("inside.all"), "cnt_in") >> to_out
     r.add(FromDevice(a.outside), "from_outside") >> r.add(Counter("outside.all"), "cnt_out") >> to_in

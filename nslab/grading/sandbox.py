@@ -368,7 +368,9 @@ def bwrap_argv(cwd: str | None, binds: list[str], ro_binds: list[str]) -> list[s
     /proc of its own PID namespace (no grader process is visible), the kit's
     venv and packages read-only, the work dir and `binds`. Nothing else of
     the machine exists in it."""
-    argv = ["bwrap", "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-cgroup-try"]
+    # No --die-with-parent: `nslab lab start` leaves services running after it
+    # exits; the lab's cgroup, not the parent, decides when they end.
+    argv = ["bwrap", "--unshare-pid", "--unshare-ipc", "--unshare-cgroup-try"]
     argv += _os_view()
     argv += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/run"]
     argv += ["--tmpfs", "/var", "--dir", "/var/tmp", "--symlink", "../run", "/var/run"]

@@ -14,7 +14,11 @@ PKGS=(mininet openvswitch-switch openvswitch-common iproute2 iputils-ping ethtoo
       iperf3 tcpdump tshark iptables nftables bridge-utils procps
       docker.io debootstrap graphviz python3-venv python3-pip python3-dev python3-setuptools
       socat curl ca-certificates bubblewrap
-      vagrant)  # vagrant: only to validate the Vagrantfile in the test suite
+      vagrant  # vagrant: only to validate the Vagrantfile in the test suite
+      # kernel bypass (lab 06, nslab.xdp, the NF toolkit's --io afxdp): clang builds
+      # XDP programs, bpftool loads them, libbpf-dev has bpf_helpers.h, xdp-tools and
+      # llvm (llvm-objdump -S) are for students' debugging
+      clang llvm libbpf-dev bpftool xdp-tools)
 
 log() { printf '[provision] %s\n' "$*"; }
 

@@ -84,8 +84,8 @@ class XskSocket:
         self,
         ifname: str,
         batch: int = 64,
-        frames: int = 4096,
-        ring: int = 2048,
+        frames: int = 1024,  # 2 MiB of UMEM: pinned memory counts against RLIMIT_MEMLOCK
+        ring: int = 512,
         mode: str = "auto",
         zerocopy: bool = False,
         promisc: bool = True,  # XDP sees every frame the device receives
@@ -123,7 +123,15 @@ class XskSocket:
         self._closers.insert(0, self.umv.release)
         addr = ctypes.addressof(ctypes.c_char.from_buffer(self.umem))
         reg = struct.pack("=QQII", addr, frames * self.FRAME, self.FRAME, 0)
-        self.sock.setsockopt(SOL_XDP, XDP_UMEM_REG, reg)
+        try:
+            self.sock.setsockopt(SOL_XDP, XDP_UMEM_REG, reg)
+        except OSError as exc:
+            if exc.errno != errno.ENOBUFS:
+                raise
+            raise NslabError(
+                f"AF_XDP on {self.ifname}: cannot pin {frames * self.FRAME >> 10} KiB of UMEM "
+                "(RLIMIT_MEMLOCK too low: raise `ulimit -l`, or use fewer frames)"
+            ) from None
         for opt in (XDP_UMEM_FILL_RING, XDP_UMEM_COMPLETION_RING, XDP_RX_RING, XDP_TX_RING):
             self.sock.setsockopt(SOL_XDP, opt, ring)
         raw = self.sock.getsockopt(SOL_XDP, XDP_MMAP_OFFSETS, 128)
@@ -249,11 +257,15 @@ class XskSocket:
         if n:
             self._tx_prod = (prod + n) & 0xFFFFFFFF
             tx.set_u32(tx.prod_off, self._tx_prod)
-            try:
-                self.sock.send(b"", MSG_DONTWAIT)
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EBUSY, errno.ENOBUFS, errno.ENETDOWN):
-                    raise
+            # copy mode sends at most 32 frames per kick: kick until the ring is drained
+            for _ in range(n // 32 + 2):
+                try:
+                    self.sock.send(b"", MSG_DONTWAIT)
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EBUSY, errno.ENOBUFS, errno.ENETDOWN):
+                        raise
+                if tx.u32(tx.cons_off) == self._tx_prod:
+                    break
         return n
 
     def close(self) -> None:

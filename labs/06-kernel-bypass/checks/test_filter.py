@@ -16,6 +16,7 @@ import pytest
 import reference as ref
 from conftest import offloads_off
 
+from nslab.errors import NslabError
 from nslab.xdp import bpf, loader
 
 KINDS = ["tcp/udp", "vlan", "ip options", "fragments", "icmp/arp", "truncated"]
@@ -23,7 +24,10 @@ NAMES = {0: "XDP_ABORTED", 1: "XDP_DROP", 2: "XDP_PASS", 3: "XDP_TX", 4: "XDP_RE
 
 
 def _maps(o: loader.BpfObject):
-    rules, stats = o.map("rules"), o.map("stats")
+    try:
+        rules, stats = o.map("rules"), o.map("stats")
+    except NslabError as exc:
+        pytest.fail(f"xdp_filter.c: {exc}")
     if (rules.info.key_size, rules.info.value_size) != (4, 16):
         pytest.fail(
             f"map rules: key/value are {rules.info.key_size}/{rules.info.value_size} bytes, "

@@ -17,6 +17,7 @@ import pytest
 import reference as ref
 from conftest import offloads_off
 
+from nslab.errors import NslabError
 from nslab.measure import http_request
 from nslab.xdp import bpf, loader
 
@@ -44,7 +45,10 @@ def setup(lab) -> ref.LbSetup:
 def configure(o: loader.BpfObject, setup: ref.LbSetup) -> None:
     sizes = {"config": (4, 36), "backends": (4, 12), "flows": (8, 12)}
     for name, (ks, vs) in sizes.items():
-        m = o.map(name)
+        try:
+            m = o.map(name)
+        except NslabError as exc:
+            pytest.fail(f"xdp_lb.c: {exc}")
         if (m.info.key_size, m.info.value_size) != (ks, vs):
             pytest.fail(
                 f"map {name}: key/value are {m.info.key_size}/{m.info.value_size} bytes, the lab's "

@@ -77,9 +77,12 @@ def make_rules(rng: random.Random) -> dict[tuple[int, int], int]:
         (UDP_P, ports[2]): XDP_DROP,
         (UDP_P, ports[3]): XDP_PASS,  # an explicit allow
         (TCP_P, ports[4]): XDP_PASS,
-        (ICMP_P, 0): XDP_DROP if rng.random() < 0.5 else XDP_PASS,
+        (ICMP_P, 0): XDP_DROP,
+        (UDP_P, 0): XDP_DROP,  # the wildcard: UDP is closed unless a rule opens a port
     }
-    rules[(UDP_P, 0)] = XDP_DROP if rng.random() < 0.5 else XDP_PASS  # wildcard
+    # the structure is fixed (so every kind of frame meets a drop somewhere and
+    # a program that passes everything scores the same in every grading); the
+    # ports are secret
     return rules
 
 

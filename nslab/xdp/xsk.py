@@ -25,6 +25,7 @@ import errno
 import mmap
 import os
 import platform
+import resource
 import socket
 import struct
 import time
@@ -43,8 +44,14 @@ MSG_DONTWAIT = 0x40
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
+class _NoMemlock(Exception):
+    pass
+
+
 class _Ring:
-    """One mmap'ed ring: producer and consumer indices and `size` entries."""
+    """One mmap'ed ring: producer and consumer indices and `size` entries,
+    seen as 32-bit words (`w`: indices) and 64-bit words (`q`: entries; a
+    16-byte descriptor is q[2i] = address, q[2i+1] = length)."""
 
     def __init__(self, fd: int, pgoff: int, offs: tuple[int, int, int, int], size: int, esz: int):
         prod, cons, desc, _flags = offs
@@ -55,18 +62,15 @@ class _Ring:
             mmap.PROT_READ | mmap.PROT_WRITE,
             offset=pgoff,
         )
-        self.idx = memoryview(self.mm)
-        self.prod_off, self.cons_off, self.desc = prod, cons, desc
-        self.mask, self.esz = size - 1, esz
-
-    def u32(self, off: int) -> int:
-        return int.from_bytes(self.idx[off : off + 4], "little")
-
-    def set_u32(self, off: int, v: int) -> None:
-        self.idx[off : off + 4] = (v & 0xFFFFFFFF).to_bytes(4, "little")
+        self.raw = memoryview(self.mm)
+        self.w = self.raw[:desc].cast("I")
+        self.q = self.raw[desc:].cast("Q")
+        self.prod, self.cons = prod // 4, cons // 4
+        self.mask = size - 1
 
     def close(self) -> None:
-        self.idx.release()
+        for v in (self.w, self.q, self.raw):
+            v.release()
         self.mm.close()
 
 
@@ -84,8 +88,8 @@ class XskSocket:
         self,
         ifname: str,
         batch: int = 64,
-        frames: int = 1024,  # 2 MiB of UMEM: pinned memory counts against RLIMIT_MEMLOCK
-        ring: int = 512,
+        frames: int | None = None,
+        ring: int | None = None,
         mode: str = "auto",
         zerocopy: bool = False,
         promisc: bool = True,  # XDP sees every frame the device receives
@@ -100,12 +104,29 @@ class XskSocket:
         from nslab.nf.rawsock import mac_of
 
         self.mac = mac_of(ifname)
-        self._closers: list = []
-        try:
-            self._open(frames, ring, mode, zerocopy)
-        except BaseException:
-            self.close()
-            raise
+        # UMEM is pinned memory, charged to RLIMIT_MEMLOCK (8 MiB for most
+        # users, unlimited with CAP_IPC_LOCK): 8 MiB and 2048-entry rings where
+        # allowed, else 2 MiB and 512 entries (enough for bursts of 64)
+        soft = resource.getrlimit(resource.RLIMIT_MEMLOCK)[0]
+        roomy = os.geteuid() == 0 or soft == resource.RLIM_INFINITY or soft >= 64 << 20
+        sizes = [(4096, 2048)] if roomy else [(1024, 512), (256, 128)]
+        if frames:
+            sizes = [(frames, ring or frames // 2)]
+        for i, (nf, nr) in enumerate(sizes):
+            self._closers: list = []
+            try:
+                self._open(nf, nr, mode, zerocopy)
+                break
+            except _NoMemlock:
+                self.close()
+                if i == len(sizes) - 1:
+                    raise NslabError(
+                        f"AF_XDP on {ifname}: cannot pin {nf * self.FRAME >> 10} KiB of UMEM "
+                        "(RLIMIT_MEMLOCK too low: raise `ulimit -l`, or use fewer frames)"
+                    ) from None
+            except BaseException:
+                self.close()
+                raise
 
     def _open(self, frames: int, ring: int, mode: str, zerocopy: bool) -> None:
         try:
@@ -128,10 +149,7 @@ class XskSocket:
         except OSError as exc:
             if exc.errno != errno.ENOBUFS:
                 raise
-            raise NslabError(
-                f"AF_XDP on {self.ifname}: cannot pin {frames * self.FRAME >> 10} KiB of UMEM "
-                "(RLIMIT_MEMLOCK too low: raise `ulimit -l`, or use fewer frames)"
-            ) from None
+            raise _NoMemlock() from None
         for opt in (XDP_UMEM_FILL_RING, XDP_UMEM_COMPLETION_RING, XDP_RX_RING, XDP_TX_RING):
             self.sock.setsockopt(SOL_XDP, opt, ring)
         raw = self.sock.getsockopt(SOL_XDP, XDP_MMAP_OFFSETS, 128)
@@ -147,8 +165,8 @@ class XskSocket:
         # receive frames: the first half, handed to the kernel through the fill ring
         n = min(half, ring)
         for i in range(n):
-            self._fill_put(i, i * self.FRAME)
-        self.fill.set_u32(self.fill.prod_off, n)
+            self.fill.q[i] = i * self.FRAME
+        self.fill.w[self.fill.prod] = n
         self._fill_prod = n
         self._rx_cons = 0
         self._tx_free = [(half + i) * self.FRAME for i in range(frames - half)]
@@ -198,65 +216,63 @@ class XskSocket:
         except NslabError:
             pass  # the interface is gone with its namespace
 
-    def _fill_put(self, i: int, addr: int) -> None:
-        f = self.fill
-        off = f.desc + (i & f.mask) * 8
-        f.idx[off : off + 8] = addr.to_bytes(8, "little")
-
     # -- receive ---------------------------------------------------------
     def recv_batch(self) -> list[bytearray]:
-        rx = self.rx
-        prod = rx.u32(rx.prod_off)
+        rx, fill = self.rx, self.fill
         cons = self._rx_cons
-        n = (prod - cons) & 0xFFFFFFFF
+        n = (rx.w[rx.prod] - cons) & 0xFFFFFFFF
         if n == 0:
             return []
-        n = min(n, self.batch)
+        if n > self.batch:
+            n = self.batch
         out = []
-        idx, umv, fp = rx.idx, self.umv, self._fill_prod
+        q, fq, umv, fp = rx.q, fill.q, self.umv, self._fill_prod
+        rmask, fmask, base_mask = rx.mask, fill.mask, ~(self.FRAME - 1)
         for i in range(n):
-            off = rx.desc + ((cons + i) & rx.mask) * 16
-            addr = int.from_bytes(idx[off : off + 8], "little")
-            ln = int.from_bytes(idx[off + 8 : off + 12], "little")
-            out.append(bytearray(umv[addr : addr + ln]))
-            # the frame goes straight back to the kernel (chunk base address)
-            self._fill_put(fp + i, addr - addr % self.FRAME)
+            j = ((cons + i) & rmask) * 2
+            addr = q[j]
+            out.append(bytearray(umv[addr : addr + (q[j + 1] & 0xFFFFFFFF)]))
+            # the frame goes straight back to the kernel (its chunk's base address)
+            fq[(fp + i) & fmask] = addr & base_mask
         self._fill_prod = (fp + n) & 0xFFFFFFFF
-        self.fill.set_u32(self.fill.prod_off, self._fill_prod)
+        fill.w[fill.prod] = self._fill_prod
         self._rx_cons = (cons + n) & 0xFFFFFFFF
-        rx.set_u32(rx.cons_off, self._rx_cons)
+        rx.w[rx.cons] = self._rx_cons
         return out
 
     # -- send ------------------------------------------------------------
     def _reclaim(self) -> None:
         c = self.comp
-        prod = c.u32(c.prod_off)
+        prod = c.w[c.prod]
         cons = self._comp_cons
+        free, q, mask = self._tx_free, c.q, c.mask
         while cons != prod:
-            off = c.desc + (cons & c.mask) * 8
-            self._tx_free.append(int.from_bytes(c.idx[off : off + 8], "little"))
+            free.append(q[cons & mask])
             cons = (cons + 1) & 0xFFFFFFFF
         self._comp_cons = cons
-        c.set_u32(c.cons_off, cons)
+        c.w[c.cons] = cons
 
     def send_batch(self, frames: list) -> int:
         """Queue frames on the TX ring and kick the kernel; returns how many it
         took (the rest are dropped, as with a full AF_PACKET socket buffer)."""
         self._reclaim()
         tx, free, umv = self.tx, self._tx_free, self.umv
-        room = tx.mask + 1 - ((self._tx_prod - tx.u32(tx.cons_off)) & 0xFFFFFFFF)
+        room = tx.mask + 1 - ((self._tx_prod - tx.w[tx.cons]) & 0xFFFFFFFF)
         n = min(len(frames), len(free), room)
-        prod = self._tx_prod
+        prod, q, mask, size = self._tx_prod, tx.q, tx.mask, self.FRAME
         for i in range(n):
             f = frames[i]
-            ln = min(len(f), self.FRAME)
+            ln = len(f)
+            if ln > size:
+                ln, f = size, f[:size]
             addr = free.pop()
-            umv[addr : addr + ln] = f[:ln]
-            off = tx.desc + ((prod + i) & tx.mask) * 16
-            tx.idx[off : off + 16] = struct.pack("=QII", addr, ln, 0)
+            umv[addr : addr + ln] = f
+            j = ((prod + i) & mask) * 2
+            q[j] = addr
+            q[j + 1] = ln
         if n:
             self._tx_prod = (prod + n) & 0xFFFFFFFF
-            tx.set_u32(tx.prod_off, self._tx_prod)
+            tx.w[tx.prod] = self._tx_prod
             # copy mode sends at most 32 frames per kick: kick until the ring is drained
             for _ in range(n // 32 + 2):
                 try:
@@ -264,7 +280,7 @@ class XskSocket:
                 except OSError as exc:
                     if exc.errno not in (errno.EAGAIN, errno.EBUSY, errno.ENOBUFS, errno.ENETDOWN):
                         raise
-                if tx.u32(tx.cons_off) == self._tx_prod:
+                if tx.w[tx.cons] == self._tx_prod:
                     break
         return n
 

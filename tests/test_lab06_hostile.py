@@ -58,6 +58,7 @@ def graded(grading_env, tmp_path_factory):
         _sub(tmp, "conftest", {"conftest.py": (HOSTILE / "hostile_conftest.py").read_text()}),
     ]
     out = tmp / "out"
+    mounts_before = _bpf_mounts()
     os.environ["NSLAB_GRADE_PREFIX"] = "tgrdx"
     try:
         rs = grade_batch(
@@ -70,7 +71,14 @@ def graded(grading_env, tmp_path_factory):
         )
     finally:
         os.environ["NSLAB_GRADE_PREFIX"] = "tgrd"
+    # every private bpffs of the grader's loader is unmounted again
+    assert _bpf_mounts() <= mounts_before
     return {r.name: r for r in rs}, out
+
+
+def _bpf_mounts() -> set[str]:
+    with open("/proc/self/mountinfo") as f:
+        return {ln.split()[4] for ln in f if "/nslab-bpf-" in ln.split()[4]}
 
 
 def _reasons(r) -> str:

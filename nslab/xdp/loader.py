@@ -28,6 +28,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,6 +102,12 @@ def explain(output: str, prog_hint: str = "") -> str:
     return "\n".join(out)
 
 
+def _unmount(root: str) -> None:
+    if subprocess.run(["umount", root], capture_output=True).returncode != 0:
+        subprocess.run(["umount", "-l", root], capture_output=True)
+    shutil.rmtree(root, ignore_errors=True)
+
+
 @dataclass
 class BpfObject:
     """A loaded object: pinned programs and maps in a private bpffs."""
@@ -135,14 +142,17 @@ class BpfObject:
     def run(self, packet: bytes, prog: str | None = None) -> bpf.RunResult:
         return bpf.test_run(self.prog(prog), packet)
 
+    def __post_init__(self) -> None:
+        # the private bpffs outlives a process that forgot close(): unmount at exit
+        self._finalizer = weakref.finalize(self, _unmount, str(self.root))
+
     def close(self) -> None:
         for fd in self.progs.values():
             os.close(fd)
         for m in self.maps.values():
             m.close()
         self.progs, self.maps = {}, {}
-        subprocess.run(["umount", str(self.root)], capture_output=True)
-        shutil.rmtree(self.root, ignore_errors=True)
+        self._finalizer()
 
     def __enter__(self) -> BpfObject:
         return self

@@ -99,6 +99,8 @@ def lb_run(lab, obj, setup, rng, style):
                 res["sticky"].append(f"flow {client}:{sport}: first {chosen}, then {chosen2}")
     # replies of every balanced flow, and one from the wrong backend
     macs = dict(setup.backends)
+    if not res["chosen"]:
+        res["replies"].append("no SYN was balanced to a backend, so no reply could be tried")
     for (client, sport), b in list(res["chosen"].items())[:20]:
         pkt = ref.lb_reply(setup, b, macs[b], client, sport)
         r = o.run(pkt)
@@ -231,10 +233,14 @@ def test_lb_other_traffic(obj, setup, rng):
     assert not wrong, "\n".join(wrong)
 
 
-@pytest.mark.points(2)
-def test_lb_on_the_wire(lab, obj, setup, record):
-    """attached to lb's two interfaces: HTTP through the VIP reaches every backend"""
+@pytest.fixture(scope="session")
+def lb_wire(lab, obj, setup):
+    """The program on both lb interfaces, HTTP through the VIP from client,
+    the grader's captures on the client's link and on the backends' bridge."""
     import sys
+    import time
+
+    from nslab.measure import capture
 
     o = obj("lb")
     configure(o, setup)
@@ -247,16 +253,23 @@ def test_lb_on_the_wire(lab, obj, setup, record):
         for b in ("b1", "b2", "b3")
     ]
     pin = o.pin("xdp_lb")
+    art = lab.logs_dir
+    caps = [
+        capture(lab.engine, "client:eth0", "tcp port 80", path=art / "lb-client.pcap"),
+        capture(lab.engine, "sw:eth1", "tcp port 80", path=art / "lb-backends.pcap"),
+    ]
+    seen: dict[str, int] = {}
+    failed: list[str] = []
+    tried = 0
     try:
         for iface in ("eth0", "eth1"):
             r = lab.exec("lb", loader.attach_argv(iface, pin, "generic"))
             assert r.returncode == 0, f"grader could not attach the program: {r.stderr.strip()}"
-        import time
-
+        for c in caps:
+            c.start()
         time.sleep(1.0)  # the backends' servers start
-        seen: dict[str, int] = {}
-        failed = []
         for i in range(15):
+            tried += 1
             res = http_request(lab, "client", f"http://{setup.vip}:80/page{i}", timeout_s=3)
             if res.ok:
                 b = res.headers.get("X-Backend") or res.headers.get("x-backend", "?")
@@ -265,12 +278,63 @@ def test_lb_on_the_wire(lab, obj, setup, record):
                 failed.append(res.error or str(res.status))
                 if len(failed) >= 3 and not seen:
                     break  # nothing gets through: do not wait for every timeout
-        record.value("answers per backend", json.dumps(seen))
     finally:
+        for c in caps:
+            c.stop()
         for iface in ("eth0", "eth1"):
             lab.exec("lb", loader.detach_argv(iface, "generic"))
-        for s in servers:
-            s.kill()
-            s.wait()
-    assert not failed, f"{len(failed)} of {i + 1} requests to the VIP failed, e.g. {failed[0]}"
+        for srv in servers:
+            srv.kill()
+            srv.wait()
+    return {"seen": seen, "failed": failed, "tried": tried, "client": caps[0], "backends": caps[1]}
+
+
+@pytest.mark.points(2)
+def test_lb_on_the_wire(lb_wire, record):
+    """attached to lb's two interfaces: HTTP through the VIP reaches every backend"""
+    seen, failed = lb_wire["seen"], lb_wire["failed"]
+    record.value("answers per backend", json.dumps(seen))
+    assert not failed, (
+        f"{len(failed)} of {lb_wire['tried']} requests to the VIP failed, e.g. {failed[0]}"
+    )
     assert len(seen) >= 2, f"all answers came from {list(seen)}: expected at least 2 backends"
+
+
+@pytest.mark.points(1)
+def test_lb_frames_on_the_wire(lb_wire, setup):
+    """the grader's captures: backends see their own address and MAC, the client only the VIP; checksums valid"""
+    macs = dict(setup.backends)
+    wrong = []
+    to_backends = 0
+    for p in lb_wire["backends"].packets:
+        raw = bytes(p)
+        if len(raw) < 34 or raw[12:14] != b"\x08\x00":
+            continue
+        dst = ".".join(str(b) for b in raw[30:34])
+        if dst == setup.vip:
+            wrong.append("a frame to the VIP reached the backends' side unrewritten")
+        elif dst in macs and raw[36:38] == b"\x00\x50":
+            to_backends += 1
+            if raw[0:6] != ref._mac(macs[dst]):
+                wrong.append(f"a frame to {dst} carries MAC {raw[0:6].hex(':')}, not {macs[dst]}")
+            why = ref.checksums_ok(raw)
+            if why:
+                wrong.append(f"a frame to backend {dst}: {why}")
+    client_frames = 0
+    for p in lb_wire["client"].packets:
+        raw = bytes(p)
+        if len(raw) < 34 or raw[12:14] != b"\x08\x00" or raw[34:36] != b"\x00\x50":
+            continue
+        client_frames += 1
+        src = ".".join(str(b) for b in raw[26:30])
+        if src != setup.vip:
+            wrong.append(f"the client received a frame from {src}:80, not from the VIP")
+        why = ref.checksums_ok(raw)
+        if why:
+            wrong.append(f"a reply to the client: {why}")
+    assert to_backends and client_frames, (
+        f"captured {to_backends} frames towards the backends and {client_frames} replies at the client"
+    )
+    assert not wrong, f"{len(wrong)} wrong frame(s), e.g.:\n  " + "\n  ".join(
+        sorted(set(wrong))[:4]
+    )

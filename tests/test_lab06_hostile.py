@@ -2,11 +2,13 @@
 sandboxed compiler): a filter that passes everything, a balancer the
 verifier rejects, C that #includes /etc/shadow or a grader file or
 .incbin's a checks file at compile time, and a submission with its own
-conftest.py. Each scores at most what the starter scores; no secret
+conftest.py whose NF forges its ready line and forks a flooder that
+tries to outlive grading. Each scores at most what the starter scores; no secret
 reaches the feedback. (The solution's full marks: tests/test_labs.py.)"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -15,6 +17,7 @@ import grading_support
 import pytest
 from grading_support import DATA
 
+from nslab.grading import sandbox
 from nslab.grading.runner import grade_batch
 from nslab.labs import find_lab, labs_root
 
@@ -55,7 +58,14 @@ def graded(grading_env, tmp_path_factory):
                 "xdp_lb.c": f'#include "{grader_file}"\nasm(".incbin \\"{checks_file}\\"");\n',
             },
         ),
-        _sub(tmp, "conftest", {"conftest.py": (HOSTILE / "hostile_conftest.py").read_text()}),
+        _sub(
+            tmp,
+            "conftest",
+            {
+                "conftest.py": (HOSTILE / "hostile_conftest.py").read_text(),
+                "nf_afxdp.py": (HOSTILE / "hostile_nf.py").read_text(),
+            },
+        ),
     ]
     out = tmp / "out"
     mounts_before = _bpf_mounts()
@@ -71,8 +81,12 @@ def graded(grading_env, tmp_path_factory):
         )
     finally:
         os.environ["NSLAB_GRADE_PREFIX"] = "tgrd"
-    # every private bpffs of the grader's loader is unmounted again
+    # every private bpffs of the grader's loader is unmounted again, and no
+    # student process (the flooding child of the hostile NF) outlived grading
     assert _bpf_mounts() <= mounts_before
+    for user in (grading_env, grading_env + "1"):
+        with contextlib.suppress(KeyError):  # a slot that was never used has no user
+            assert sandbox.pids_of_user(user) == [], f"processes of {user} outlived grading"
     return {r.name: r for r in rs}, out
 
 

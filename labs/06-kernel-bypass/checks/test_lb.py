@@ -165,7 +165,7 @@ def test_lb_spreads(lb_run, record):
     for b in lb_run["chosen"].values():
         counts[b] = counts.get(b, 0) + 1
     record.value("flows per backend", json.dumps(counts))
-    low = FLOWS // 3 * 0.4
+    low = FLOWS // 3 * 0.25  # a fair hash misses this with odds of about 1e-5
     assert len(counts) == 3 and min(counts.values()) >= low, (
         f"{FLOWS} flows by backend: {counts}; expected every backend at least {low:g}"
     )

@@ -15,7 +15,11 @@ PKGS=(mininet openvswitch-switch openvswitch-common iproute2 iputils-ping ethtoo
       docker.io debootstrap graphviz python3-venv python3-pip python3-dev python3-setuptools
       socat curl ca-certificates bubblewrap
       vagrant  # vagrant: only to validate the Vagrantfile in the test suite
-      sudo)    # sudo: the guides' `sudo nslab ...` (tests run it; Vagrant boxes have it)
+      sudo     # sudo: the guides' `sudo nslab ...` (tests run it; Vagrant boxes have it)
+      # kernel bypass (lab 06, nslab.xdp, the NF toolkit's --io afxdp): clang builds
+      # XDP programs, bpftool loads them, libbpf-dev has bpf_helpers.h, xdp-tools and
+      # llvm (llvm-objdump -S) are for students' debugging
+      clang llvm libbpf-dev bpftool xdp-tools)
 # Lab 0 fairness (benchmarks/lab0_fairness.sh): grading under CPU load.
 PKGS+=(stress-ng)
 

@@ -17,6 +17,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     caps = probe()
+    # kernel bypass (lab 06): XDP generic/native, AF_XDP copy/zero-copy, BTF, tried on a veth
+    from nslab.xdp.probe import capabilities as xdp_capabilities
+
+    caps += xdp_capabilities()
     if args.json:
         print(
             json.dumps(

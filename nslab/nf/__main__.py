@@ -7,7 +7,7 @@ import sys
 
 from nslab.errors import NslabError
 from nslab.nf.config import load
-from nslab.nf.router import main_for
+from nslab.nf.router import IO_BACKENDS, main_for
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,6 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", help="NF name (default: the file's stem)")
     ap.add_argument("--report", help="report path (default: <name>.report)")
     ap.add_argument("--duration", type=float, help="stop after this many seconds")
+    ap.add_argument("--io", choices=IO_BACKENDS, help="frame I/O: afpacket (default) or afxdp")
     a = ap.parse_args(argv)
     params = {}
     for p in a.params:
@@ -30,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     except NslabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if a.io:
+        r.io = a.io
     r.report_path = __import__("pathlib").Path(a.report or f"{r.name}.report")
     return main_for(r, a.duration)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from nslab.errors import NslabError
 from nslab.nf.guard import KernelGuard
-from nslab.nf.router import Router, main_for
+from nslab.nf.router import IO_BACKENDS, Router, main_for
 
 
 def nf_main(
@@ -40,11 +40,18 @@ def nf_main(
         help="leave the kernel's IP stack on the interfaces (default: nftables drops "
         "what arrives on them before the kernel sees it; the NF answers for its addresses)",
     )
+    ap.add_argument(
+        "--io",
+        choices=IO_BACKENDS,
+        default=os.environ.get("NSLAB_NF_IO") or "afpacket",
+        help="frame I/O: afpacket (raw sockets, default) or afxdp (AF_XDP sockets in copy mode; "
+        "needs CAP_BPF too)",
+    )
     if options:
         options(ap)
     args = ap.parse_args(argv)
     report = args.report or str(Path(os.environ.get("NSLAB_REPORT_DIR", ".")) / f"{name}.report")
-    router = Router(name, report=report)
+    router = Router(name, report=report, io=args.io)
     try:
         build(router, args)
     except NslabError as exc:

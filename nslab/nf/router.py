@@ -3,6 +3,7 @@ writes the NF report on exit (normal end, SIGTERM or SIGINT)."""
 
 from __future__ import annotations
 
+import os
 import select
 import signal
 import sys
@@ -17,19 +18,37 @@ from nslab.nf.elements import FromDevice, ToDevice
 from nslab.nf.rawsock import RawSocket
 
 TICK_S = 0.1
+# Frame I/O backends: same element API, chosen by `Router(io=...)`, `--io`, or $NSLAB_NF_IO.
+IO_BACKENDS = ("afpacket", "afxdp")
+
+
+def open_socket(io: str, dev: str, batch: int, promisc: bool) -> Any:
+    """A socket with recv_batch()/send_batch()/fd/close() on `dev`."""
+    if io == "afpacket":
+        return RawSocket(dev, batch=batch, promisc=promisc)
+    if io == "afxdp":
+        from nslab.xdp.xsk import XskSocket  # AF_XDP copy mode; see docs/nf-toolkit.md
+
+        return XskSocket(dev, batch=batch, promisc=promisc)
+    raise NslabError(f"unknown NF I/O backend {io!r}: choose one of {', '.join(IO_BACKENDS)}")
 
 
 class Router:
     """A running NF: `Router("lb1", report="lb1.report")`, add elements, connect, `run()`."""
 
-    def __init__(self, name: str = "nf", report: str | Path | None = None):
+    def __init__(self, name: str = "nf", report: str | Path | None = None, io: str | None = None):
         self.name = name
+        self.io = io or os.environ.get("NSLAB_NF_IO") or "afpacket"
+        if self.io not in IO_BACKENDS:
+            raise NslabError(
+                f"unknown NF I/O backend {self.io!r}: choose one of {', '.join(IO_BACKENDS)}"
+            )
         self.report_path = Path(report) if report else None
         self.elements: dict[str, Element] = {}
         self.started = time.time()
         self._t0 = time.monotonic()
         self._stop = False
-        self._socks: dict[str, RawSocket] = {}
+        self._socks: dict[str, Any] = {}
         self._counter = 0
 
     # -- building -------------------------------------------------------------
@@ -53,14 +72,15 @@ class Router:
         return fr, to
 
     def open(self) -> None:
-        """Open one raw socket per interface, shared by its FromDevice and ToDevice."""
+        """Open one socket per interface (AF_PACKET or AF_XDP), shared by its
+        FromDevice and ToDevice."""
         fr, to = self.devices()
         for e in [*fr, *to]:
             if e.sock is None:
                 if e.dev not in self._socks:
                     promisc = getattr(e, "promisc", True)
                     batch = getattr(e, "batch", 64)
-                    self._socks[e.dev] = RawSocket(e.dev, batch=batch, promisc=promisc)
+                    self._socks[e.dev] = open_socket(self.io, e.dev, batch, promisc)
                 e.open(self._socks[e.dev])
 
     # -- running ------------------------------------------------------------------
@@ -79,7 +99,8 @@ class Router:
         try:
             self.open()
             # one line that services can wait for (lab.yaml `ready: {log: "forwarding on"}`)
-            print(f"{self.name}: forwarding on {', '.join(sorted(self._socks))}", flush=True)
+            via = "" if self.io == "afpacket" else f" ({self.io})"
+            print(f"{self.name}: forwarding on {', '.join(sorted(self._socks))}{via}", flush=True)
             self._loop(duration)
         finally:
             rep = self.report()

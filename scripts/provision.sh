@@ -14,7 +14,10 @@ PKGS=(mininet openvswitch-switch openvswitch-common iproute2 iputils-ping ethtoo
       iperf3 tcpdump tshark iptables nftables bridge-utils procps
       docker.io debootstrap graphviz python3-venv python3-pip python3-dev python3-setuptools
       socat curl ca-certificates bubblewrap
-      vagrant)  # vagrant: only to validate the Vagrantfile in the test suite
+      vagrant  # vagrant: only to validate the Vagrantfile in the test suite
+      # the native RDMA data path (nslab/rdma/_softnic.c): built by `pip install -e .`;
+      # valgrind runs its memory checks (make test-native-memcheck)
+      gcc libc6-dev valgrind)
 
 log() { printf '[provision] %s\n' "$*"; }
 
@@ -77,7 +80,9 @@ if [ ! -x "$VENV/bin/python" ]; then
   log "creating $VENV"
   "$SYS_PY" -m venv --system-site-packages "$VENV"
 fi
-if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
+native_so=$(ls "$ROOT"/nslab/rdma/_softnic*.so 2>/dev/null | head -1)
+if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ] || [ "$ROOT/setup.py" -nt "$stamp" ] \
+   || [ -z "$native_so" ] || [ "$ROOT/nslab/rdma/_softnic.c" -nt "$native_so" ]; then
   log "installing nslab into the venv"
   "$VENV/bin/python" -m pip install -q --upgrade pip
   "$VENV/bin/python" -m pip install -q -e "$ROOT[dev]"

@@ -42,6 +42,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import nslab.rdma.enums as e  # noqa: E402
+from nslab.errors import NslabError  # noqa: E402
 from nslab.rdma import cm  # noqa: E402
 from nslab.rdma import soft as v  # noqa: E402
 from nslab.rdma.netns import make_chain, make_pair, netns  # noqa: E402
@@ -202,12 +203,18 @@ def fault_run(native: bool, mb: int) -> dict:
             procs[-1].stdout.readline()
             me = [sys.executable, str(Path(__file__).resolve())]
             procs.append(subprocess.Popen(chain.exec_cmd("b", [*me, "--serve", "soft", "--addr", chain.b_ip] + ([] if native else ["--datapath", "python"])), stdout=subprocess.DEVNULL))  # fmt: skip
-            time.sleep(1.5)
             with netns(chain.a):
                 ctx = v.Context("bench-f", addr=chain.a_ip, native=native)
                 pd = v.PD(ctx)
                 mr = v.MR(pd, MR_SIZE, FULL)
-                ep = cm.connect(ctx, pd, chain.b_ip, SOFT_PORT, mtu=1024)
+                for attempt in range(100):  # the server starts slowly on a loaded machine
+                    try:
+                        ep = cm.connect(ctx, pd, chain.b_ip, SOFT_PORT, mtu=1024)
+                        break
+                    except NslabError:
+                        if attempt == 99:
+                            raise
+                        time.sleep(0.2)
             t0 = time.perf_counter()
             for _ in range(max(1, mb // 3)):
                 for op, size in ((e.IBV_WR_RDMA_WRITE, 1 << 20), (e.IBV_WR_RDMA_READ, 1 << 20)):

@@ -321,7 +321,11 @@ def test_recovery_through_a_lossy_duplicating_reordering_forwarder(nat):
         try:
             ep, sep = connect(srv, cli, chain.b, chain.a, chain.b_ip, 1024)
             t0 = time.monotonic()
-            exercise(ep, sep, cli, srv, random.Random(11), sizes=(1, 4096, 70001, 300000))
+            try:
+                exercise(ep, sep, cli, srv, random.Random(11), sizes=(1, 4096, 70001, 300000))
+            except AssertionError:
+                print("requester", dict(cli.ctx.stats), "responder", dict(srv.ctx.stats))
+                raise
             took = time.monotonic() - t0
             st = cli.ctx.stats
             assert took < 60, took

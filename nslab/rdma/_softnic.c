@@ -25,6 +25,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sched.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -166,6 +167,7 @@ typedef struct { uint8_t *p; uint32_t len; mr_t *mr; } sge_t;
 
 typedef struct {
     uint64_t wr_id, raddr, length, got;
+    uint64_t req_end, req_hi; /* READ: where the latest request ends; the furthest any did */
     uint32_t imm, rkey, first_psn, npkts;
     int op, signaled, nsge;
     sge_t sge[MAX_SGE];
@@ -190,6 +192,7 @@ typedef struct qp {
     wqe_t *sq; uint32_t sq_cap, sq_head, sq_n;
     uint32_t snd_nxt, snd_una, next_psn;
     int retry_cnt, retries_left, rnr_retry, rnr_left, rnr_wait, max_rd_atomic;
+    uint32_t cwnd, ssthresh; /* packets in flight after a loss (AIMD), MAX_INFLIGHT before */
     int read_retry_valid; uint32_t read_retry_psn;
     uint64_t timeout_ns, deadline; /* 0: no timer */
     /* responder */
@@ -412,6 +415,17 @@ static void arm(Engine *E, qp_t *q) {
         }
     } else q->deadline = 0;
 }
+/* A loss (NAK sequence error, READ gap, timeout): halve the window, so that
+ * go-back-N resends a window's worth, not everything in flight. */
+static void on_loss(qp_t *q) {
+    q->ssthresh = q->cwnd / 2 < 8 ? 8 : q->cwnd / 2;
+    q->cwnd = q->ssthresh;
+}
+static void on_acked(qp_t *q, uint32_t n) {
+    if (q->cwnd < q->ssthresh) q->cwnd += n;
+    else q->cwnd += n / q->cwnd ? n / q->cwnd : 1;
+    if (q->cwnd > MAX_INFLIGHT) q->cwnd = MAX_INFLIGHT;
+}
 static void progress_made(Engine *E, qp_t *q) {
     q->retries_left = q->retry_cnt; q->rnr_left = q->rnr_retry; q->deadline = 0; arm(E, q);
 }
@@ -424,11 +438,11 @@ static int data_opcode(const wqe_t *w, uint32_t k) {
     return send ? SEND_MIDDLE : WRITE_MIDDLE;
 }
 
-static void xmit_data(Engine *E, qp_t *q, wqe_t *w, uint32_t k) {
+static void xmit_data(Engine *E, qp_t *q, wqe_t *w, uint32_t k, int ack) {
     uint8_t *b = E->txbuf;
     int op = data_opcode(w, k);
     int last = k == w->npkts - 1;
-    bth(b, op, q->dqpn, psn_add(w->first_psn, k), last || (k % ACK_EVERY == ACK_EVERY - 1), 0);
+    bth(b, op, q->dqpn, psn_add(w->first_psn, k), ack || last || (k % ACK_EVERY == ACK_EVERY - 1), 0);
     size_t hl = BTH_LEN;
     if (has_reth(op)) { wr64(b + hl, w->raddr); wr32(b + hl + 8, w->rkey); wr32(b + hl + 12, (uint32_t)w->length); hl += 16; }
     if (has_imm(op)) { wr32(b + hl, w->imm); hl += 4; }
@@ -440,13 +454,13 @@ static void xmit_data(Engine *E, qp_t *q, wqe_t *w, uint32_t k) {
 }
 
 /* MIDDLE packets k..k+m-1 of a SEND/WRITE in one burst. */
-static void xmit_middles(Engine *E, qp_t *q, wqe_t *w, uint32_t k, int m) {
+static void xmit_middles(Engine *E, qp_t *q, wqe_t *w, uint32_t k, int m, int ack_last) {
     int op = (w->op == WR_SEND || w->op == WR_SEND_IMM) ? SEND_MIDDLE : WRITE_MIDDLE;
     size_t seglen = BTH_LEN + q->mtu + 4;
     for (int i = 0; i < m; i++) {
         uint8_t *b = E->txbuf + (size_t)i * seglen;
         uint32_t j = k + (uint32_t)i;
-        bth(b, op, q->dqpn, psn_add(w->first_psn, j), j % ACK_EVERY == ACK_EVERY - 1, 0);
+        bth(b, op, q->dqpn, psn_add(w->first_psn, j), (j % ACK_EVERY == ACK_EVERY - 1) || (ack_last && i == m - 1), 0);
         gather_copy(w, (uint64_t)j * q->mtu, b + BTH_LEN, q->mtu);
         finish(E, q, b, BTH_LEN, q->mtu, (uint16_t)i);
     }
@@ -466,25 +480,33 @@ static void pump(Engine *E, qp_t *q) {
         uint32_t k = (uint32_t)psn_diff(q->snd_nxt, w->first_psn);
         if (w->op == WR_READ) {
             if ((reads >= q->max_rd_atomic || read_bytes >= READ_INFLIGHT_BYTES) && i > 0) break;
-            uint64_t off = (uint64_t)k * q->mtu;
+            uint64_t off = (uint64_t)k * q->mtu, len = w->length - off;
+            /* after a loss, ask for a window's worth at a time (a READ gap then
+             * costs one window again, not the rest of the message) */
+            if (q->cwnd < MAX_INFLIGHT && len > (uint64_t)q->cwnd * q->mtu) len = (uint64_t)q->cwnd * q->mtu;
+            /* A request's PSNs must stay within what the responder executed
+             * before (a duplicate) or start exactly where that ends (new). */
+            if (off < w->req_hi && off + len > w->req_hi) len = w->req_hi - off;
+            w->req_end = off + len;
+            if (w->req_end > w->req_hi) w->req_hi = w->req_end;
             uint8_t *b = E->txbuf;
             bth(b, READ_REQUEST, q->dqpn, q->snd_nxt, 1, 0);
-            wr64(b + 12, w->raddr + off); wr32(b + 20, w->rkey); wr32(b + 24, (uint32_t)(w->length - off));
+            wr64(b + 12, w->raddr + off); wr32(b + 20, w->rkey); wr32(b + 24, (uint32_t)len);
             sock_send(E, q, b, finish(E, q, b, 28, 0, 0));
-            reads++; read_bytes += w->length - off;
+            reads++; read_bytes += len;
             q->snd_nxt = psn_add(w->first_psn, w->npkts);
             i++;
             continue;
         }
-        int room = MAX_INFLIGHT - psn_diff(q->snd_nxt, q->snd_una);
+        int room = (int)q->cwnd - psn_diff(q->snd_nxt, q->snd_una);
         if (room <= 0) break;
         int m = (int)(w->npkts - 1 - k);
         int cap = GSO_MAX_BYTES / (int)(q->mtu + 16);
         if (m > room) m = room;
         if (m > GSO_MAX_SEGS) m = GSO_MAX_SEGS;
         if (m > cap) m = cap;
-        if (k > 0 && m >= 2) { xmit_middles(E, q, w, k, m); q->snd_nxt = psn_add(q->snd_nxt, m); continue; }
-        xmit_data(E, q, w, k);
+        if (k > 0 && m >= 2) { xmit_middles(E, q, w, k, m, m == room); q->snd_nxt = psn_add(q->snd_nxt, m); continue; }
+        xmit_data(E, q, w, k, room == 1); /* the window's last packet asks for an ACK */
         q->snd_nxt = psn_add(q->snd_nxt, 1);
         if (k + 1 >= w->npkts) i++;
     }
@@ -528,6 +550,7 @@ static void on_timer(Engine *E, qp_t *q) {
     }
     q->retries_left--;
     E->stats[ST_TIMEOUTS]++;
+    on_loss(q);
     go_back(E, q, q->snd_una);
 }
 
@@ -540,7 +563,13 @@ static void on_response(Engine *E, qp_t *q, int op, uint32_t psn, const uint8_t 
     int syn = (int)(aeth >> 24);
     if (op == ACK) {
         if ((syn >> 5) == 0) {
-            if (psn_diff(psn, q->snd_una) >= 0) { ack_upto(E, q, psn); progress_made(E, q); pump(E, q); }
+            if (psn_diff(psn, q->snd_una) >= 0) {
+                uint32_t before = q->snd_una;
+                ack_upto(E, q, psn);
+                on_acked(q, (uint32_t)psn_diff(q->snd_una, before));
+                progress_made(E, q);
+                pump(E, q);
+            }
             return;
         }
         if ((syn >> 5) == 1) { /* RNR NAK: no receive posted at the responder; retry later */
@@ -560,6 +589,7 @@ static void on_response(Engine *E, qp_t *q, int op, uint32_t psn, const uint8_t 
         ack_upto(E, q, psn_add(psn, -1));
         if (syn == SYN_NAK_PSN_SEQ) { /* fast retransmit from the PSN the responder expects */
             E->stats[ST_SEQ_NAKS]++;
+            on_loss(q);
             q->snd_una = psn;
             progress_made(E, q);
             go_back(E, q, psn);
@@ -583,10 +613,12 @@ static void on_response(Engine *E, qp_t *q, int op, uint32_t psn, const uint8_t 
     int32_t expect = w->length ? (int32_t)(w->got / q->mtu) : 0;
     if (k < expect || k >= (int32_t)w->npkts) return; /* duplicate */
     if (k > expect) { /* a response was lost: ask again from the missing one, once */
+        if ((uint64_t)k * q->mtu >= w->req_end) return; /* from an earlier, longer request */
         uint32_t want = psn_add(w->first_psn, expect);
         if (!q->read_retry_valid || q->read_retry_psn != want) {
             q->snd_una = want;
             E->stats[ST_READ_GAPS]++;
+            on_loss(q);
             go_back(E, q, want);
             q->read_retry_valid = 1; q->read_retry_psn = want;
         }
@@ -605,6 +637,20 @@ static void on_response(Engine *E, qp_t *q, int op, uint32_t psn, const uint8_t 
     scatter_copy(w, w->got, pkt + hl, dl);
     w->got += dl;
     q->snd_una = psn_add(psn, 1);
+    on_acked(q, 1);
+    q->retries_left = q->retry_cnt; /* forward progress: the timer restarts (no wake-up needed) */
+    if (q->deadline) q->deadline = now_ns() + q->timeout_ns;
+    if (lastop && w->got < w->length && dl == q->mtu) {
+        /* the end of a window-sized chunk (ours: ask for the next one), or of
+         * an earlier request that a retry overlaps (just data) */
+        if (w->got >= w->req_end) {
+            q->read_retry_valid = 0;
+            progress_made(E, q);
+            q->snd_nxt = q->snd_una;
+            pump(E, q);
+        }
+        return;
+    }
     if (lastop) {
         if (w->got != w->length) { complete_send(E, q, w, WC_BAD_RESP_ERR, 1); sq_pop_front(q); to_error(E, q); return; }
         complete_send(E, q, w, WC_SUCCESS, 0);
@@ -911,6 +957,7 @@ static void *engine_main(void *arg) {
             timers(E);
             pthread_mutex_unlock(&E->mu);
             if (g) end = now_ns() + E->spin_ns;
+            else sched_yield(); /* on a busy machine, others run first: spin only on a spare CPU */
         }
     }
     return NULL;
@@ -1095,6 +1142,7 @@ static PyObject *Engine_qp_create(Engine *E, PyObject *args) {
     q->sq = sq; q->sq_cap = msw; q->rq = rq; q->rq_cap = mrw;
     q->mtu = 1024; q->retry_cnt = q->retries_left = 7; q->rnr_retry = q->rnr_left = 7;
     q->timeout_ns = 67000000ull; q->max_rd_atomic = 4;
+    q->cwnd = q->ssthresh = MAX_INFLIGHT;
     q->used = 1;
     pthread_mutex_unlock(&E->mu);
     Py_RETURN_NONE;
@@ -1108,6 +1156,7 @@ static void qp_reset_transport(Engine *E, qp_t *q) {
     q->cur_recv_valid = q->cur_write_valid = 0;
     q->snd_nxt = q->snd_una = q->next_psn = q->epsn = q->msn = 0;
     q->deadline = 0; q->nak_sent = 0; q->rnr_wait = 0; q->read_retry_valid = 0;
+    q->cwnd = q->ssthresh = MAX_INFLIGHT;
     (void)E;
 }
 
@@ -1245,6 +1294,8 @@ static PyObject *Engine_post_send(Engine *E, PyObject *args) {
         }
         if (w->length > 0x7FFFFFFFull) { mr_unref_wqe(w); pthread_mutex_unlock(&E->mu); return err("message longer than 2 GiB"); }
         w->npkts = w->length ? (uint32_t)((w->length + q->mtu - 1) / q->mtu) : 1;
+        w->req_end = w->length;
+        w->req_hi = 0;
         q->next_psn = psn_add(q->next_psn, w->npkts);
         q->sq_n++;
     }

@@ -947,15 +947,20 @@ static void *engine_main(void *arg) {
         int got = rx_batch(E);
         timers(E);
         pthread_mutex_unlock(&E->mu);
-        /* After packets, keep polling a while without sleeping: a peer's next
-         * packet usually comes within a round trip (adaptive polling). */
-        uint64_t end = got ? now_ns() + E->spin_ns : 0;
-        while (got && now_ns() < end && !__atomic_load_n(&E->closing, __ATOMIC_ACQUIRE) &&
+        /* After a lone packet (request/response traffic), keep polling a while
+         * without sleeping: the peer's next one usually comes within a round
+         * trip. After a batch (bulk data) sleep: the next wake-up finds a
+         * batch again, and a spinning thread would take the CPU the sender
+         * needs on a small machine (adaptive polling). */
+        int spin = got > 0 && got <= 2;
+        uint64_t end = spin ? now_ns() + E->spin_ns : 0;
+        while (spin && now_ns() < end && !__atomic_load_n(&E->closing, __ATOMIC_ACQUIRE) &&
                !__atomic_load_n(&E->busy_pollers, __ATOMIC_RELAXED)) {
             pthread_mutex_lock(&E->mu);
             int g = rx_batch(E);
             timers(E);
             pthread_mutex_unlock(&E->mu);
+            if (g > 2) break;
             if (g) end = now_ns() + E->spin_ns;
             else sched_yield(); /* on a busy machine, others run first: spin only on a spare CPU */
         }

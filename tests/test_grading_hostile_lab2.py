@@ -48,12 +48,13 @@ def test_lab2_hostile_submissions_gain_nothing(grading_env, tmp_path):
     subs = [LAB2 / "starter"] + [DATA / "lab2" / h for h in HOSTILE]
     rs = {r.name: r for r in grade_batch(find_lab("02-rdma-kv"), subs, tmp_path / "out", jobs=2, user_base=grading_env)}  # fmt: skip
     starter = rs["starter"]
-    assert starter.status == "ok" and 0 < starter.score < starter.max_score, starter.tests
+    lost = [f"{t['name']}: {t['reason']}" for t in starter.tests if t["outcome"] != "passed"]
+    assert starter.status == "ok" and 0 < starter.score < starter.max_score, lost
     for h in HOSTILE:
         r = rs[h]
         passed = [t["name"] for t in r.tests if t["outcome"] == "passed"]
         assert r.status == "ok", (h, r.output)
-        assert r.score <= starter.score, f"{h} scored {r.score} > starter {starter.score}: {passed}"
+        assert r.score <= starter.score, f"{h} scored {r.score} > starter {starter.score}: {passed}; the starter lost: {lost}"  # fmt: skip
     # guessed values never pass the value checks, and earn nothing gated on them
     assert rs["guess"].score <= 1, [
         t["name"] for t in rs["guess"].tests if t["outcome"] == "passed"

@@ -805,7 +805,13 @@ static void on_request(Engine *E, qp_t *q, int op, uint32_t psn, const uint8_t *
             uint64_t off = 0;
             uint32_t ln = rd32(pkt + 24);
             mr_t *m = check_rkey(E, q, rd32(pkt + 20), rd64(pkt + 12), ln, ACC_REMOTE_READ, &off);
-            if (m) send_read(E, q, psn, m, off, ln);
+            if (m) {
+                /* a re-request may reach past what was executed (its first
+                 * request was lost): what it covers counts as executed now */
+                uint64_t npk = ln ? ((uint64_t)ln + q->mtu - 1) / q->mtu : 1;
+                if (psn_diff(psn_add(psn, (int64_t)npk), q->epsn) > 0) { q->epsn = psn_add(psn, (int64_t)npk); q->nak_sent = 0; }
+                send_read(E, q, psn, m, off, ln);
+            }
         } else if (ackreq) send_ack(E, q, psn_add(q->epsn, -1), SYN_ACK);
         return;
     }

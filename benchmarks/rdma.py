@@ -288,7 +288,7 @@ def main() -> int:
             res["iperf_gbps"] = iperf_gbps(pair)
             runs.append(res)
             s = res["soft4096"]
-            print(f"run {i + 1}: write64 p50 {s['write64_p50_us']:.1f} us, read 1 MiB {s['read1m_gbps']:.2f} Gbit/s, tcp write64 p50 {res['tcp']['write64_p50_us']:.1f} us, iperf3 {res['iperf_gbps']:.2f} Gbit/s, responder app CPU {res['cpu4096']['app_cpu_ms']:.1f} ms of {res['cpu4096']['process_cpu_ms']:.0f} ms", flush=True)  # fmt: skip
+            print(f"run {i + 1}: write64 p50 {s['write64_p50_us']:.1f} us, read 1 MiB {s['read1m_gbps']:.2f} Gbit/s, tcp write64 p50 {res['tcp']['write64_p50_us']:.1f} us, iperf3 {res['iperf_gbps']:.2f} Gbit/s, responder app CPU {res['cpu4096']['app_cpu_ms']:.1f} ms of {res['cpu4096']['process_cpu_ms']:.0f} ms, requester timeouts {s['stats'].get('timeouts', 0)} (a 67 ms timeout costs as much as ~30 MiB at 4 Gbit/s)", flush=True)  # fmt: skip
     finally:
         for p in procs:
             p.kill()

@@ -4,7 +4,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 NSLAB := $(VENV)/bin/nslab
 
-.PHONY: provision demo test test-fast lint format images docs clean
+.PHONY: provision demo test test-fast test-native-memcheck lint format images docs clean
 
 provision:
 	@bash scripts/provision.sh
@@ -14,6 +14,10 @@ demo: provision
 
 test: provision lint
 	@bash scripts/run-tests.sh
+
+# the native RDMA data path's tests (malformed packets, access checks) under valgrind
+test-native-memcheck: provision
+	@$(PY) -m pytest -q tests/test_rdma_native.py -k valgrind
 
 test-fast: provision
 	@$(PY) -m pytest -q -m "not slow" tests

@@ -1,23 +1,36 @@
-"""Soft RoCEv2 provider vs a Python TCP request/response, between two network
-namespaces (a veth pair) this script creates and removes.
+"""The soft RoCEv2 provider (native data path, and the Python one with
+--datapath python) vs a Python TCP request/response and kernel TCP
+(iperf3), between two network namespaces (a veth pair) this script creates
+and removes.
 
-    sudo .venv/bin/python benchmarks/rdma.py [--iters 2000] [--mb 30]
+    sudo .venv/bin/python benchmarks/rdma.py [--runs 10] [--iters 2000] [--mb 30] [--faults]
 
-Measures, with the responder in its own process in namespace B and the
-requester here (in namespace A):
+Each run measures, with the responder in its own process in namespace B and
+the requester here (in namespace A), side by side in the same run:
   - 64-byte RDMA WRITE and READ latency (post -> completion, one at a time),
   - 1 MiB RDMA READ and WRITE bandwidth (one operation at a time),
-at path MTU 1024 (the default, 1500-byte link) and 4096 (jumbo link), and
-the same work done by a TCP server in Python (op, offset, length [+ data] ->
-data or ack). The last line ends with
-`write64_p50_us=<n> read1m_gbps=<n> ratio_vs_tcp=<n>` (MTU 1024;
-ratio_vs_tcp = soft 64-byte WRITE p50 / TCP 64-byte write p50).
+    at path MTU 1024 and 4096 (jumbo link),
+  - the same work done by a TCP server in Python (op, offset, length [+ data]),
+  - kernel TCP throughput with iperf3 (1 s) on the same veth,
+  - the responder application's CPU time (getrusage of its main thread: the
+    data path runs in the provider's thread, not the application's).
+It prints min/median/max over the runs. --faults adds one run through a
+middle namespace that drops 5 %, duplicates 2 % and reorders 2 % of UDP 4791
+frames (nslab.rdma.lossy), timed against the same forwarder without faults.
+The last line is, for MTU 4096 (the line before it for MTU 1024), medians:
+`write64_p50_us=<n> read1m_gbps=<n> ratio_vs_tcp=<n> spread=<n> read_vs_tcp=<n>`
+with ratio_vs_tcp = 64-byte WRITE p50 / Python TCP write p50 (same run),
+spread = max/median of the runs' WRITE p50, read_vs_tcp = 1 MiB READ
+Gbit/s / iperf3 Gbit/s (same run).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
+import shutil
 import socket
 import statistics
 import struct
@@ -29,28 +42,32 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import nslab.rdma.enums as e  # noqa: E402
+from nslab.errors import NslabError  # noqa: E402
 from nslab.rdma import cm  # noqa: E402
 from nslab.rdma import soft as v  # noqa: E402
-from nslab.rdma.netns import make_pair, netns  # noqa: E402
+from nslab.rdma.netns import make_chain, make_pair, netns  # noqa: E402
 
 MR_SIZE = 4 << 20
-SOFT_PORT, TCP_PORT = 18601, 18602
+SOFT_PORT, TCP_PORT, IPERF_PORT = 18601, 18602, 18603
 REQ = struct.Struct("!cQI")  # op (R/W), offset, length
 FULL = e.IBV_ACCESS_LOCAL_WRITE | e.IBV_ACCESS_REMOTE_READ | e.IBV_ACCESS_REMOTE_WRITE
 
 
 # ----------------------------------------------------------------- responders (namespace B)
-def serve_soft(addr: str) -> None:
-    ctx = v.Context("bench-srv", addr=addr)
+def serve_soft(addr: str, native: bool) -> None:
+    ctx = v.Context("bench-srv", addr=addr, native=native)
     pd = v.PD(ctx)
     mr = v.MR(pd, MR_SIZE, FULL)
     with cm.Listener(SOFT_PORT, addr) as lst:
         while True:
-            ep = lst.accept(ctx, pd, private={"rkey": mr.rkey, "addr": mr.buf}, mtu=4096, timeout=120)  # fmt: skip
+            ep = lst.accept(ctx, pd, private={"rkey": mr.rkey, "addr": mr.buf}, mtu=4096, timeout=600)  # fmt: skip
             ep.sock.settimeout(None)
+            r0, p0 = resource.getrusage(resource.RUSAGE_THREAD), resource.getrusage(resource.RUSAGE_SELF)  # fmt: skip
             while ep.sock.recv(1):  # the client closes the TCP channel when done
                 pass
-            print(f"served: {dict(ctx.stats)}", flush=True)
+            r1, p1 = resource.getrusage(resource.RUSAGE_THREAD), resource.getrusage(resource.RUSAGE_SELF)  # fmt: skip
+            cpu = {"app_cpu_ms": 1e3 * (r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime), "process_cpu_ms": 1e3 * (p1.ru_utime + p1.ru_stime - p0.ru_utime - p0.ru_stime)}  # fmt: skip
+            print(json.dumps(cpu), flush=True)
             ep.close()
 
 
@@ -88,9 +105,9 @@ def serve_tcp(addr: str) -> None:
 
 
 # ----------------------------------------------------------------- requester (namespace A)
-def soft_run(pair, mtu: int, iters: int, mb: int) -> dict:
+def soft_run(pair, mtu: int, iters: int, mb: int, native: bool = True) -> dict:
     with netns(pair.a):
-        ctx = v.Context("bench-cli", addr=pair.a_ip)
+        ctx = v.Context("bench-cli", addr=pair.a_ip, native=native)
         pd = v.PD(ctx)
         mr = v.MR(pd, MR_SIZE, FULL)
         ep = cm.connect(ctx, pd, pair.b_ip, SOFT_PORT, mtu=mtu)
@@ -158,17 +175,91 @@ def tcp_run(pair, iters: int, mb: int) -> dict:
     return out
 
 
+def iperf_gbps(pair) -> float:
+    """Kernel TCP on the same veth: iperf3 for 1 s."""
+    srv = subprocess.Popen(pair.exec_cmd("b", ["iperf3", "-s", "-1", "-p", str(IPERF_PORT), "-B", pair.b_ip]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        for _ in range(50):
+            r = subprocess.run(pair.exec_cmd("a", ["iperf3", "-c", pair.b_ip, "-p", str(IPERF_PORT), "-t", "1", "-J"]), capture_output=True, text=True, timeout=30)  # fmt: skip
+            end = json.loads(r.stdout or "{}").get("end", {}) if r.returncode == 0 else {}
+            if "sum_received" in end:
+                return end["sum_received"]["bits_per_second"] / 1e9
+            time.sleep(0.1)  # the server is not listening yet
+        raise RuntimeError(f"iperf3 failed: {r.stdout[-500:]} {r.stderr[-500:]}")
+    finally:
+        srv.kill()
+        srv.wait()
+
+
+def fault_run(native: bool, mb: int) -> dict:
+    """Wall time of a fixed workload (WRITE/READ 1 MiB x mb/3, 64 B WRITE x 300)
+    through the lossy forwarder with faults vs without."""
+    out = {}
+    for name, args in (("clean", ["--drop", "0", "--dup", "0", "--reorder", "0"]), ("faulty", ["--drop", "0.05", "--dup", "0.02", "--reorder", "0.02"])):  # fmt: skip
+        chain = make_chain(f"trdmaf{os.getpid() % 1000}", subnet="10.79.6")
+        procs = []
+        try:
+            procs.append(subprocess.Popen(["ip", "netns", "exec", chain.m, sys.executable, "-m", "nslab.rdma.lossy", chain.m_a, chain.m_b, *args], stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))))  # fmt: skip
+            procs[-1].stdout.readline()
+            me = [sys.executable, str(Path(__file__).resolve())]
+            procs.append(subprocess.Popen(chain.exec_cmd("b", [*me, "--serve", "soft", "--addr", chain.b_ip] + ([] if native else ["--datapath", "python"])), stdout=subprocess.DEVNULL))  # fmt: skip
+            with netns(chain.a):
+                ctx = v.Context("bench-f", addr=chain.a_ip, native=native)
+                pd = v.PD(ctx)
+                mr = v.MR(pd, MR_SIZE, FULL)
+                for attempt in range(100):  # the server starts slowly on a loaded machine
+                    try:
+                        ep = cm.connect(ctx, pd, chain.b_ip, SOFT_PORT, mtu=1024)
+                        break
+                    except NslabError:
+                        if attempt == 99:
+                            raise
+                        time.sleep(0.2)
+            t0 = time.perf_counter()
+            for _ in range(max(1, mb // 3)):
+                for op, size in ((e.IBV_WR_RDMA_WRITE, 1 << 20), (e.IBV_WR_RDMA_READ, 1 << 20)):
+                    wr = v.SendWR(1, op, sg=[v.SGE(mr.buf, size, mr.lkey)])
+                    wr.set_wr_rdma(ep.private["rkey"], ep.private["addr"])
+                    ep.qp.post_send(wr)
+                    wcs = ep.cq.poll_wait(1, timeout=30)
+                    if not wcs or wcs[0].status != 0:
+                        raise RuntimeError(f"{name}: op failed: {wcs}")
+            for _ in range(300):
+                wr = v.SendWR(1, e.IBV_WR_RDMA_WRITE, sg=[v.SGE(mr.buf, 64, mr.lkey)])
+                wr.set_wr_rdma(ep.private["rkey"], ep.private["addr"])
+                ep.qp.post_send(wr)
+                if ep.cq.poll_wait(1, timeout=30, busy=True)[0].status != 0:
+                    raise RuntimeError(f"{name}: 64 B write failed")
+            out[name] = time.perf_counter() - t0
+            out[name + "_retransmits"] = ctx.stats["retransmits"]
+            ep.close()
+            ctx.close()
+        finally:
+            for p in procs:
+                p.kill()
+                p.wait()
+            chain.remove()
+    out["ratio"] = out["faulty"] / out["clean"]
+    return out
+
+
+def _mmm(xs: list[float]) -> str:
+    return f"{min(xs):9.2f} {statistics.median(xs):9.2f} {max(xs):9.2f}"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    ap.add_argument("--runs", type=int, default=10, help="runs, reported as min/median/max (default 10)")  # fmt: skip
     ap.add_argument("--iters", type=int, default=2000, help="latency samples per op (default 2000)")
-    ap.add_argument(
-        "--mb", type=int, default=30, help="1 MiB operations per bandwidth run (default 30)"
-    )
+    ap.add_argument("--mb", type=int, default=30, help="1 MiB operations per bandwidth run (default 30)")  # fmt: skip
+    ap.add_argument("--datapath", choices=["native", "python"], default="native", help="the soft provider's data path (default native)")  # fmt: skip
+    ap.add_argument("--faults", action="store_true", help="also time a run through a lossy forwarder (5 %% drop)")  # fmt: skip
     ap.add_argument("--serve", choices=["soft", "tcp"], help=argparse.SUPPRESS)
     ap.add_argument("--addr", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    nat = args.datapath == "native"
     if args.serve == "soft":
-        serve_soft(args.addr)
+        serve_soft(args.addr, nat)
         return 0
     if args.serve == "tcp":
         serve_tcp(args.addr)
@@ -176,17 +267,28 @@ def main() -> int:
     if os.geteuid() != 0:
         print("benchmarks/rdma.py needs root (it creates network namespaces)", file=sys.stderr)
         return 1
+    if not shutil.which("iperf3"):
+        print("benchmarks/rdma.py needs iperf3 (scripts/provision.sh installs it)", file=sys.stderr)
+        return 1
     pair = make_pair(f"trdmab{os.getpid() % 1000}", mtu=9000, subnet="10.79.4")
     procs = []
+    runs: list[dict] = []
     try:
         me = [sys.executable, str(Path(__file__).resolve())]
         for kind in ("soft", "tcp"):
-            procs.append(subprocess.Popen(pair.exec_cmd("b", [*me, "--serve", kind, "--addr", pair.b_ip]), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))  # fmt: skip
+            procs.append(subprocess.Popen(pair.exec_cmd("b", [*me, "--serve", kind, "--addr", pair.b_ip, "--datapath", args.datapath]), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))  # fmt: skip
         time.sleep(1.5)
-        print(f"# soft RoCEv2 vs TCP between namespaces {pair.a} and {pair.b} ({os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f})", flush=True)  # fmt: skip
-        res = {"soft1024": soft_run(pair, 1024, args.iters, args.mb)}
-        res["soft4096"] = soft_run(pair, 4096, args.iters, args.mb)
-        res["tcp"] = tcp_run(pair, args.iters, args.mb)
+        print(f"# soft RoCEv2 ({args.datapath} data path) vs TCP between namespaces {pair.a} and {pair.b} ({os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}), {args.runs} runs", flush=True)  # fmt: skip
+        for i in range(args.runs):
+            res = {"soft1024": soft_run(pair, 1024, args.iters, args.mb, nat)}
+            res["cpu1024"] = json.loads(procs[0].stdout.readline())
+            res["soft4096"] = soft_run(pair, 4096, args.iters, args.mb, nat)
+            res["cpu4096"] = json.loads(procs[0].stdout.readline())
+            res["tcp"] = tcp_run(pair, args.iters, args.mb)
+            res["iperf_gbps"] = iperf_gbps(pair)
+            runs.append(res)
+            s = res["soft4096"]
+            print(f"run {i + 1}: write64 p50 {s['write64_p50_us']:.1f} us, read 1 MiB {s['read1m_gbps']:.2f} Gbit/s, tcp write64 p50 {res['tcp']['write64_p50_us']:.1f} us, iperf3 {res['iperf_gbps']:.2f} Gbit/s, responder app CPU {res['cpu4096']['app_cpu_ms']:.1f} ms of {res['cpu4096']['process_cpu_ms']:.0f} ms, requester timeouts {s['stats'].get('timeouts', 0)} (a 67 ms timeout costs as much as ~30 MiB at 4 Gbit/s)", flush=True)  # fmt: skip
     finally:
         for p in procs:
             p.kill()
@@ -200,16 +302,26 @@ def main() -> int:
         ("1 MiB WRITE [Gbit/s]", "write1m_gbps"),
         ("1 MiB READ [Gbit/s]", "read1m_gbps"),
     ]
-    print(f"{'measure':<24}{'soft mtu1024':>14}{'soft mtu4096':>14}{'tcp (python)':>14}")
+    print(f"{'measure (min median max)':<26}{'soft mtu1024':>30}{'soft mtu4096':>30}{'tcp (python)':>30}")  # fmt: skip
     for label, key in rows:
-        print(
-            f"{label:<24}"
-            + "".join(f"{res[k][key]:>14.2f}" for k in ("soft1024", "soft4096", "tcp"))
-        )
-    s, t = res["soft1024"], res["tcp"]
-    print(f"targets: 64 B WRITE p50 <= 50 us, 1 MiB READ >= 1 Gbit/s; hardware RoCE ~1 us. retransmits: {s['stats'].get('retransmits', 0)}")  # fmt: skip
-    ratio = s["write64_p50_us"] / t["write64_p50_us"]
-    print(f"result: write64_p50_us={s['write64_p50_us']:.1f} read1m_gbps={s['read1m_gbps']:.3f} ratio_vs_tcp={ratio:.2f}")  # fmt: skip
+        print(f"{label:<26}" + "".join(f"{_mmm([r[k][key] for r in runs]):>30}" for k in ("soft1024", "soft4096", "tcp")))  # fmt: skip
+    print(f"{'iperf3 [Gbit/s]':<26}{_mmm([r['iperf_gbps'] for r in runs]):>90}")
+    print(f"{'responder app CPU [ms]':<26}{_mmm([r['cpu1024']['app_cpu_ms'] for r in runs]):>30}{_mmm([r['cpu4096']['app_cpu_ms'] for r in runs]):>30}")  # fmt: skip
+    print("targets: 64 B WRITE p50 <= 10 us and <= 0.5x TCP; spread <= 1.5; 1 MiB READ >= 5 Gbit/s and >= 0.5x iperf3; hardware RoCE ~1 us")  # fmt: skip
+    if args.faults:
+        f = fault_run(nat, args.mb)
+        print(f"faults (5 % drop, 2 % dup, 2 % reorder): clean {f['clean']:.2f} s, faulty {f['faulty']:.2f} s ({f['faulty_retransmits']} retransmits): faulty/clean = {f['ratio']:.2f} (target <= 5)")  # fmt: skip
+
+    def line(k: str) -> str:
+        w50 = [r[k]["write64_p50_us"] for r in runs]
+        ratio = [r[k]["write64_p50_us"] / r["tcp"]["write64_p50_us"] for r in runs]
+        rd = [r[k]["read1m_gbps"] for r in runs]
+        rvt = [r[k]["read1m_gbps"] / r["iperf_gbps"] for r in runs]
+        med = statistics.median
+        return f"write64_p50_us={med(w50):.1f} read1m_gbps={med(rd):.3f} ratio_vs_tcp={med(ratio):.2f} spread={max(w50) / med(w50):.2f} read_vs_tcp={med(rvt):.2f}"  # fmt: skip
+
+    print(f"result mtu1024: {line('soft1024')}")
+    print(f"result: {line('soft4096')}")
     return 0
 
 

@@ -19,7 +19,10 @@ PKGS=(mininet openvswitch-switch openvswitch-common iproute2 iputils-ping ethtoo
       # kernel bypass (lab 06, nslab.xdp, the NF toolkit's --io afxdp): clang builds
       # XDP programs, bpftool loads them, libbpf-dev has bpf_helpers.h, xdp-tools and
       # llvm (llvm-objdump -S) are for students' debugging
-      clang llvm libbpf-dev bpftool xdp-tools)
+      clang llvm libbpf-dev bpftool xdp-tools
+      # the native RDMA data path (nslab/rdma/_softnic.c): built by `pip install -e .`;
+      # valgrind runs its memory checks (make test-native-memcheck)
+      gcc libc6-dev valgrind)
 # Lab 0 fairness (benchmarks/lab0_fairness.sh): grading under CPU load.
 PKGS+=(stress-ng)
 
@@ -84,7 +87,9 @@ if [ ! -x "$VENV/bin/python" ]; then
   log "creating $VENV"
   "$SYS_PY" -m venv --system-site-packages "$VENV"
 fi
-if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
+native_so=$(ls "$ROOT"/nslab/rdma/_softnic*.so 2>/dev/null | head -1)
+if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ] || [ "$ROOT/setup.py" -nt "$stamp" ] \
+   || [ -z "$native_so" ] || [ "$ROOT/nslab/rdma/_softnic.c" -nt "$native_so" ]; then
   log "installing nslab into the venv"
   "$VENV/bin/python" -m pip install -q --upgrade pip
   # [ansible]: ansible-runner + ansible (bundles community.docker) for nslab.nf.apply,

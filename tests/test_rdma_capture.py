@@ -1,5 +1,6 @@
 """A real capture of the soft provider's traffic, decoded by tshark as RoCEv2
-(InfiniBand BTH on UDP 4791) with the expected opcodes, PSNs and a NAK."""
+(InfiniBand BTH on UDP 4791) with the expected opcodes, PSNs and a NAK, for
+both data paths (native C and the Python reference)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import time
 import pytest
 
 import nslab.rdma.enums as e
-from nslab.rdma import cm
+from nslab.rdma import cm, native
 from nslab.rdma import soft as v
 from nslab.rdma.netns import make_pair, netns
 
@@ -25,9 +26,11 @@ pytestmark = [
     ),  # fmt: skip
 ]
 FULL = e.IBV_ACCESS_LOCAL_WRITE | e.IBV_ACCESS_REMOTE_READ | e.IBV_ACCESS_REMOTE_WRITE
+DATAPATHS = [pytest.param(True, id="native", marks=pytest.mark.skipif(not native.available(), reason=f"native data path not built: {native.BUILD_ERROR}")), pytest.param(False, id="python")]  # fmt: skip
 
 
-def test_tshark_decodes_rocev2_opcodes(tmp_path):
+@pytest.mark.parametrize("nat", DATAPATHS)
+def test_tshark_decodes_rocev2_opcodes(tmp_path, nat):
     pair = make_pair(f"trdma{os.getpid() % 10000}c", subnet="10.79.2")
     pcap = tmp_path / "trdma.pcap"
     dump = None
@@ -41,10 +44,10 @@ def test_tshark_decodes_rocev2_opcodes(tmp_path):
         ready = select.select([dump.stderr], [], [], 20)[0] and dump.stderr.readline()
         assert ready and b"listening on" in ready, ready
         with netns(pair.b):
-            cs = v.Context("trdma-cs", addr=pair.b_ip)
+            cs = v.Context("trdma-cs", addr=pair.b_ip, native=nat)
             lst = cm.Listener(0, pair.b_ip)
         with netns(pair.a):
-            cc = v.Context("trdma-cc", addr=pair.a_ip)
+            cc = v.Context("trdma-cc", addr=pair.a_ip, native=nat)
         ctxs = [cs, cc]
         pds, pdc = v.PD(cs), v.PD(cc)
         mrs, mrc = v.MR(pds, 16384, FULL), v.MR(pdc, 16384, FULL)
@@ -99,13 +102,14 @@ def test_tshark_decodes_rocev2_opcodes(tmp_path):
     )  # 9000 B at MTU 1024: FIRST, 7 MIDDLE (sent as one GSO batch), LAST
 
 
-def test_icrc_of_captured_packets_matches_scapy(tmp_path):
+@pytest.mark.parametrize("nat", DATAPATHS)
+def test_icrc_of_captured_packets_matches_scapy(tmp_path, nat):
     """scapy recomputes the ICRC of every captured packet from its real IP and
     UDP headers (including the IP IDs of GSO segments) and agrees."""
     from scapy.contrib.roce import BTH
     from scapy.utils import rdpcap
 
-    test_tshark_decodes_rocev2_opcodes(tmp_path)
+    test_tshark_decodes_rocev2_opcodes(tmp_path, nat)
     pkts = [p for p in rdpcap(str(tmp_path / "trdma.pcap")) if p.haslayer(BTH)]
     assert len(pkts) >= 15
     ids = set()

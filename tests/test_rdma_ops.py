@@ -39,7 +39,9 @@ def pair():
 class Side:
     def __init__(self, ns: str, ip: str, mr_size: int):
         with netns(ns):
-            self.ctx = v.Context(f"trdma-{ns}", addr=ip)
+            self.ctx = v.Context(
+                f"trdma-{ns}", addr=ip, native=False
+            )  # tx_hook: the Python data path
         self.pd = v.PD(self.ctx)
         self.mr = v.MR(self.pd, mr_size, FULL)
         self.ro = v.MR(self.pd, 4096, e.IBV_ACCESS_LOCAL_WRITE | e.IBV_ACCESS_REMOTE_READ)

@@ -66,6 +66,18 @@ def test_write_lat_prints_perftest_columns(pair):
     assert "RDMA_Write Latency Test" in cli
 
 
+def test_perf_runs_on_both_data_paths(pair):
+    """The Python data path's client against the native server: same columns,
+    and each side's header says which data path it ran."""
+    from nslab.rdma import native
+
+    if not native.available():
+        pytest.skip(f"native data path not built: {native.BUILD_ERROR}")
+    cli, srv = perf(pair, "read_lat", "-n", "100", "-s", "64", "--datapath", "python")
+    assert rows(cli, LAT_COLUMNS)[0][:2] == [64, 100] and rows(srv, LAT_COLUMNS)
+    assert "data path python" in cli and "data path native" in srv
+
+
 def test_read_bw_and_send_lat(pair):
     cli, srv = perf(pair, "read_bw", "-n", "50", "-s", "65536")
     (r,) = rows(cli, BW_COLUMNS)

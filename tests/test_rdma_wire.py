@@ -11,7 +11,7 @@ from scapy.layers.inet import IP, UDP
 
 import nslab.rdma.enums as e
 from nslab.errors import NslabError
-from nslab.rdma import cm, provider_info
+from nslab.rdma import cm, native, provider_info
 from nslab.rdma import soft as v
 from nslab.rdma import wire as w
 
@@ -59,8 +59,9 @@ def test_psn_arithmetic_wraps_at_24_bits():
     assert w.psn_diff(5, 3) == 2
 
 
-def test_state_machine_rejects_illegal_transitions_and_posts():
-    with v.Context("trdma-sm", addr="127.0.0.1", port=0) as ctx:
+@pytest.mark.parametrize("nat", [pytest.param(True, id="native", marks=pytest.mark.skipif(not native.available(), reason="native data path not built")), pytest.param(False, id="python")])  # fmt: skip
+def test_state_machine_rejects_illegal_transitions_and_posts(nat):
+    with v.Context("trdma-sm", addr="127.0.0.1", port=0, native=nat) as ctx:
         pd = v.PD(ctx)
         cq = v.CQ(ctx, 16)
         mr = v.MR(pd, 64, FULL)
@@ -96,8 +97,9 @@ def test_state_machine_rejects_illegal_transitions_and_posts():
         assert qp.qp_state == e.IBV_QPS_RESET
 
 
-def test_local_protection_error_on_bad_lkey():
-    with v.Context("trdma-lk", addr="127.0.0.1", port=0) as ctx:
+@pytest.mark.parametrize("nat", [pytest.param(True, id="native", marks=pytest.mark.skipif(not native.available(), reason="native data path not built")), pytest.param(False, id="python")])  # fmt: skip
+def test_local_protection_error_on_bad_lkey(nat):
+    with v.Context("trdma-lk", addr="127.0.0.1", port=0, native=nat) as ctx:
         pd = v.PD(ctx)
         cq = v.CQ(ctx, 16)
         mr = v.MR(pd, 64, FULL)
@@ -115,7 +117,10 @@ def test_local_protection_error_on_bad_lkey():
 def test_loopback_packets_carry_a_valid_icrc_per_scapy():
     """Real packets from the transport (two contexts on 127.0.0.1) checked by scapy."""
     seen: list[tuple[bytes, tuple]] = []
-    with v.Context("trdma-s", addr="127.0.0.1", port=0) as cs, v.Context("trdma-c", addr="127.0.0.1", port=0) as cc:  # fmt: skip
+    with (
+        v.Context("trdma-s", addr="127.0.0.1", port=0, native=False) as cs,
+        v.Context("trdma-c", addr="127.0.0.1", port=0, native=False) as cc,
+    ):  # fmt: skip (tx_hook)
         for c in (cs, cc):
             c.tx_hook = lambda data, addr, c=c: (seen.append((data, (c.port, addr[1]))), [(data, addr)])[1]  # fmt: skip
         pds, pdc = v.PD(cs), v.PD(cc)

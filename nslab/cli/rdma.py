@@ -40,6 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     perf.add_argument("-t", "--tx-depth", type=int, default=32, help="operations in flight for bw tests (default 32)")  # fmt: skip
     perf.add_argument("--timeout", type=float, default=60.0, help="give up after this many seconds without the peer (default 60)")  # fmt: skip
     perf.add_argument("--bind", default="0.0.0.0", help="local IPv4 address to use (default all)")  # fmt: skip
+    perf.add_argument("--datapath", choices=["native", "python"], help="the soft provider's data path (default: native where it built; see nslab doctor)")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,6 +50,6 @@ def run(args: argparse.Namespace) -> int:
         raise NslabError(f"-n {args.iters}: iterations must be at least 1")
     o = perf.Options(
         test=args.test, server=args.server, size=args.size, iters=args.iters, sweep=args.all,
-        port=args.port, mtu=args.mtu, depth=max(1, args.tx_depth), timeout=args.timeout, bind=args.bind,
+        port=args.port, mtu=args.mtu, depth=max(1, args.tx_depth), timeout=args.timeout, bind=args.bind, datapath=args.datapath,
     )  # fmt: skip
     return perf.run(o)

@@ -32,7 +32,22 @@ def _in_root_netns() -> bool:
 
 def provider_info() -> dict:
     """Which RDMA provider nslab uses here and why, for `nslab doctor`:
-    {"status": "real"|"fallback"|"missing", "provider": "rxe"|"soft"|None, "detail": str}."""
+    {"status": "real"|"fallback"|"missing", "provider": "rxe"|"soft"|None, "detail": str,
+    "datapath": "native"|"python"|None}; the soft provider's detail ends with
+    which data path it uses (nslab.rdma.native.info())."""
+    info = _provider_info()
+    if info["provider"] == "soft":
+        from nslab.rdma import native
+
+        dp = native.info()
+        info["datapath"] = dp["datapath"]
+        info["detail"] += f"; data path: {dp['datapath']} ({dp['detail']})"
+    else:
+        info["datapath"] = None
+    return info
+
+
+def _provider_info() -> dict:
     forced = os.environ.get("NSLAB_RDMA_PROVIDER", "").strip().lower()
     devs = _rdma_devices()
     try:

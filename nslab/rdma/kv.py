@@ -158,7 +158,7 @@ class Server:
 
     def stats(self) -> dict:
         s = self.ctx.stats
-        return {"handler_calls": self.handler_calls, "rdma_rpcs": self.rdma_rpcs, "tcp_rpcs": self.tcp_rpcs, "one_sided_read": s["one_sided_read"], "one_sided_read_bytes": s["one_sided_read_bytes"], "one_sided_write": s["one_sided_write"], "naks_sent": s["naks_sent"], "clients": len(self.clients)}  # fmt: skip
+        return {"handler_calls": self.handler_calls, "rdma_rpcs": self.rdma_rpcs, "tcp_rpcs": self.tcp_rpcs, "one_sided_read": s["one_sided_read"], "one_sided_read_bytes": s["one_sided_read_bytes"], "one_sided_write": s["one_sided_write"], "naks_sent": s["naks_sent"], "bad_rkey": s["bad_rkey"], "clients": len(self.clients)}  # fmt: skip
 
     def handle(self, msg: bytes) -> bytes:
         """One RPC. This is the server CPU work a one-sided GET avoids."""
@@ -358,25 +358,26 @@ class TcpClient:
         self.s.close()
 
 
-def versioned_value(key: bytes, version: int, size: int = 100) -> bytes:
-    """A value that proves itself: key, version and a checksum over both
-    (graders use it to spot torn or mixed-up reads)."""
-    head = b"%s|%d|" % (key, version)
-    pad = (hashlib.sha256(head).hexdigest().encode() * 8)[: max(0, size - len(head) - 8)]
-    body = head + pad
-    return body + b"%08x" % zlib.crc32(body)
+def versioned_value(key: bytes, version: int, size: int = 100, secret: bytes = b"") -> bytes:
+    """A value for (key, version) that only holders of `secret` can make:
+    the version in clear, then a keyed blake2b of key and version, repeated
+    to `size` bytes. Graders seed it with a secret nonce per grading, so a
+    value cannot be guessed or computed by the code under test; a torn or
+    mixed-up read does not equal any version's value."""
+    head = b"%d|" % version
+    mac = hashlib.blake2b(b"%s|%d" % (key, version), key=secret[:64], digest_size=32).hexdigest()
+    body = head + (mac.encode() * (size // 64 + 1))
+    return body[: max(size, len(head) + 16)]
 
 
-def check_value(key: bytes, value: bytes) -> int | None:
-    """The version inside a versioned_value for key, or None if it is not one."""
-    body, tail = value[:-8], value[-8:]
+def check_value(key: bytes, value: bytes, secret: bytes = b"") -> int | None:
+    """The version of `value` if it is exactly versioned_value(key, version,
+    len(value), secret) for some version, else None."""
     try:
-        if b"%08x" % zlib.crc32(body) != tail:
-            return None
-        k, ver, _ = body.split(b"|", 2)
-        return int(ver) if k == key else None
+        ver = int(value.split(b"|", 1)[0])
     except ValueError:
         return None
+    return ver if versioned_value(key, ver, len(value), secret) == value else None
 
 
 def main(argv: list[str] | None = None) -> int:

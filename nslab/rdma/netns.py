@@ -90,3 +90,44 @@ def make_pair(prefix: str, mtu: int = 1500, subnet: str = "10.79.0") -> Pair:
             f"could not build namespaces {p.a}/{p.b}: {exc.stderr.strip()}"
         ) from exc
     return p
+
+
+@dataclass
+class Chain(Pair):
+    """a <-> m <-> b: a and b share a subnet; m holds interfaces m_a, m_b and
+    no address (a forwarder, e.g. nslab.rdma.lossy, bridges them)."""
+
+    m: str = ""
+    m_a: str = ""
+    m_b: str = ""
+
+    def remove(self) -> None:
+        for ns in (self.a, self.b, self.m):
+            _ip("netns", "del", ns, check=False)
+
+
+def make_chain(prefix: str, mtu: int = 1500, subnet: str = "10.79.9") -> Chain:
+    """Namespaces <prefix>a, <prefix>m, <prefix>b with veths a-m and m-b,
+    offloads off on all four ends (a forwarder sees real frames, not GSO
+    super-packets), m's ends promiscuous. Removes what it made on failure."""
+    if os.geteuid() != 0:
+        raise CapabilityError("creating network namespaces needs root")
+    c = Chain(f"{prefix}a", f"{prefix}b", f"{prefix}x", f"{prefix}y", f"{subnet}.1", f"{subnet}.2", f"{prefix}m", f"{prefix}p", f"{prefix}q")  # fmt: skip
+    try:
+        for ns in (c.a, c.b, c.m):
+            _ip("netns", "add", ns)
+            _ip("-n", ns, "link", "set", "lo", "up")
+        _ip("link", "add", c.a_if, "mtu", str(mtu), "netns", c.a, "type", "veth", "peer", "name", c.m_a, "mtu", str(mtu), "netns", c.m)  # fmt: skip
+        _ip("link", "add", c.b_if, "mtu", str(mtu), "netns", c.b, "type", "veth", "peer", "name", c.m_b, "mtu", str(mtu), "netns", c.m)  # fmt: skip
+        for ns, ifn, ip in ((c.a, c.a_if, c.a_ip), (c.b, c.b_if, c.b_ip), (c.m, c.m_a, None), (c.m, c.m_b, None)):  # fmt: skip
+            if ip:
+                _ip("-n", ns, "addr", "add", f"{ip}/24", "dev", ifn)
+            else:
+                _ip("-n", ns, "link", "set", ifn, "promisc", "on")
+            _ip("-n", ns, "link", "set", ifn, "up")
+            off = ["tx", "off", "tso", "off", "gso", "off", "gro", "off"]
+            subprocess.run(["ip", "netns", "exec", ns, "ethtool", "-K", ifn, *off], capture_output=True)  # fmt: skip
+    except subprocess.CalledProcessError as exc:
+        c.remove()
+        raise CapabilityError(f"could not build namespaces {c.a}/{c.m}/{c.b}: {exc.stderr.strip()}") from exc  # fmt: skip
+    return c

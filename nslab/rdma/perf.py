@@ -53,6 +53,7 @@ class Options:
     depth: int = 32
     timeout: float = 60.0
     bind: str = "0.0.0.0"
+    datapath: str | None = None  # the soft provider's: "native", "python", None = the default
     out: Callable[[str], None] = field(default=lambda s: print(s, flush=True))
 
     def sizes(self) -> list[int]:
@@ -111,7 +112,7 @@ def _header(o: Options, ep: cm.Endpoint, role: str) -> list[str]:
     return [
         LINE,
         f"                    {TITLES[o.test]}",
-        f" Provider        : {getattr(ep.ctx, 'provider', 'soft')} ({info['detail']})",
+        f" Provider        : {getattr(ep.ctx, 'provider', 'soft')}, data path {getattr(ep.ctx, 'datapath', '-')} ({info['detail']})",
         " Connection type : RC          Using SRQ      : OFF",
         f" Role            : {role}",
         f" Mtu             : {ep.mtu}[B]",
@@ -127,7 +128,7 @@ class _Bench:
 
     def __init__(self, o: Options):
         self.o = o
-        self.ctx = v.Context("perf", addr=o.bind)
+        self.ctx = v.Context("perf", addr=o.bind, native=None if o.datapath is None else o.datapath == "native")  # fmt: skip
         self.pd = v.PD(self.ctx)
         self.mr: v.MR | None = None
         self.ep: cm.Endpoint | None = None

@@ -171,6 +171,40 @@ class WC:
 # --------------------------------------------------------------------------- context
 
 
+def _native():
+    from nslab.rdma import native
+
+    return native
+
+
+def _is_native(ctx) -> bool:
+    return getattr(ctx, "datapath", "python") == "native"
+
+
+def open_socket(addr: str, port: int, rcvbuf: int) -> socket.socket:
+    """The device's UDP socket: port 4791 when free (else an ephemeral one),
+    DF on and unconnected (Linux then sends IP ID 0, which the ICRC covers),
+    buffers as large as allowed, non-blocking."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _IP_PMTUDISC_DO)
+    for force, plain in ((_SO_RCVBUFFORCE, socket.SO_RCVBUF), (_SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, rcvbuf)
+        except OSError:  # not root: as much as rmem_max allows
+            sock.setsockopt(socket.SOL_SOCKET, plain, rcvbuf)
+    try:
+        sock.bind((addr, port))
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE or port != w.ROCEV2_PORT:
+            sock.close()
+            raise VerbsError(
+                f"cannot bind UDP {addr}:{port}: {exc.strerror}", exc.errno or 0
+            ) from exc
+        sock.bind((addr, 0))
+    sock.setblocking(False)
+    return sock
+
+
 class Context:
     """A soft RDMA device: one UDP socket (port 4791 when free) and one thread.
 
@@ -178,32 +212,20 @@ class Context:
     (another Context in the same namespace), an ephemeral port is used and must
     be told to the peer (the connection helpers do that)."""
 
-    def __init__(self, name: str = "soft0", addr: str = "0.0.0.0", port: int = w.ROCEV2_PORT, rcvbuf: int = 8 << 20):  # fmt: skip
+    def __new__(cls, *args, native: bool | None = None, **kw):
+        # The native data path (nslab.rdma.native) is the default where it
+        # built; native=False or NSLAB_RDMA_NATIVE=0 picks this Python one.
+        if cls is Context and _native().wanted(native):
+            return object.__new__(_native().Context)
+        return object.__new__(cls)
+
+    def __init__(self, name: str = "soft0", addr: str = "0.0.0.0", port: int = w.ROCEV2_PORT, rcvbuf: int = 8 << 20, native: bool | None = None):  # fmt: skip
         self.name = name
         self.provider = "soft"
+        self.datapath = "python"
         self.rx_spin_s = _rx_spin_s()  # before any resource: a bad value leaks nothing
         self.lock = threading.RLock()
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        # DF on, unconnected: Linux then sends IP ID 0, which the ICRC covers.
-        self.sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _IP_PMTUDISC_DO)
-        for force, plain in (
-            (_SO_RCVBUFFORCE, socket.SO_RCVBUF),
-            (_SO_SNDBUFFORCE, socket.SO_SNDBUF),
-        ):
-            try:
-                self.sock.setsockopt(socket.SOL_SOCKET, force, rcvbuf)
-            except OSError:  # not root: as much as rmem_max allows
-                self.sock.setsockopt(socket.SOL_SOCKET, plain, rcvbuf)
-        try:
-            self.sock.bind((addr, port))
-        except OSError as exc:
-            if exc.errno != errno.EADDRINUSE or port != w.ROCEV2_PORT:
-                self.sock.close()
-                raise VerbsError(
-                    f"cannot bind UDP {addr}:{port}: {exc.strerror}", exc.errno or 0
-                ) from exc
-            self.sock.bind((addr, 0))
-        self.sock.setblocking(False)
+        self.sock = open_socket(addr, port, rcvbuf)
         self.addr = addr
         self.port = self.sock.getsockname()[1]
         self.qps: dict[int, QP] = {}
@@ -396,6 +418,12 @@ class Context:
 
 
 class PD:
+    def __new__(cls, *args, **kw):
+        owner = args[0] if args else kw.get("ctx")
+        if cls is PD and owner is not None and _is_native(owner):  # the native context's objects
+            return object.__new__(_native().PD)
+        return object.__new__(cls)
+
     def __init__(self, ctx: Context):
         self.ctx = ctx
 
@@ -419,6 +447,14 @@ def _new_key(taken: dict) -> int:
 class MR:
     """A registered memory region: a buffer with an lkey (local use) and an rkey
     (remote access, checked against `access` by the responder)."""
+
+    def __new__(cls, *args, **kw):
+        owner = args[0] if args else kw.get("pd")
+        if (
+            cls is MR and owner is not None and _is_native(owner.ctx)
+        ):  # the native context's objects
+            return object.__new__(_native().MR)
+        return object.__new__(cls)
 
     def __init__(self, pd: PD, length: int, access: int = e.IBV_ACCESS_LOCAL_WRITE):
         if length <= 0:
@@ -459,6 +495,12 @@ class MR:
 class CQ:
     """A completion queue. poll() never blocks (like ibv_poll_cq); poll_wait()
     is a convenience that waits up to `timeout` seconds for `n` completions."""
+
+    def __new__(cls, *args, **kw):
+        owner = args[0] if args else kw.get("ctx")
+        if cls is CQ and owner is not None and _is_native(owner):  # the native context's objects
+            return object.__new__(_native().CQ)
+        return object.__new__(cls)
 
     def __init__(self, ctx: Context, cqe: int = 256, cq_context=None, channel=None, comp_vector: int = 0):  # fmt: skip
         self.ctx, self.cqe = ctx, cqe
@@ -548,6 +590,14 @@ class _RecvWQE:
 
 class QP:
     """A Reliable Connected queue pair."""
+
+    def __new__(cls, *args, **kw):
+        owner = args[0] if args else kw.get("pd")
+        if (
+            cls is QP and owner is not None and _is_native(owner.ctx)
+        ):  # the native context's objects
+            return object.__new__(_native().QP)
+        return object.__new__(cls)
 
     def __init__(self, pd: PD, init_attr: QPInitAttr, qp_attr: QPAttr | None = None):
         if init_attr.scq is None or init_attr.rcq is None:

@@ -87,7 +87,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   log "creating $VENV"
   "$SYS_PY" -m venv --system-site-packages "$VENV"
 fi
-native_so=$(ls "$ROOT"/nslab/rdma/_softnic*.so 2>/dev/null | head -1)
+native_so=$(compgen -G "$ROOT/nslab/rdma/_softnic*.so" | head -1 || true)
 if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ] || [ "$ROOT/setup.py" -nt "$stamp" ] \
    || [ -z "$native_so" ] || [ "$ROOT/nslab/rdma/_softnic.c" -nt "$native_so" ]; then
   log "installing nslab into the venv"

@@ -14,6 +14,7 @@ that calls `register()` (docs/instructor-guide.md shows one).
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Protocol
@@ -141,6 +142,9 @@ def register(kind: type[Kind] | Kind) -> type[Kind] | Kind:
 
 
 def _discover() -> None:
+    """The kinds in this package, then the modules named in $NSLAB_KINDS
+    (comma-separated, importable: an instructor's own kinds, without editing
+    the kit; the engine's supervisor inherits the variable)."""
     global _discovered
     if _discovered:
         return
@@ -148,6 +152,11 @@ def _discover() -> None:
     for info in pkgutil.iter_modules(__path__):
         if not info.name.startswith("_"):
             importlib.import_module(f"{__name__}.{info.name}")
+    for mod in filter(None, (m.strip() for m in os.environ.get("NSLAB_KINDS", "").split(","))):
+        try:
+            importlib.import_module(mod)
+        except ImportError as exc:
+            raise ImportError(f"NSLAB_KINDS names {mod!r}, which does not import: {exc}") from exc
 
 
 def get(name: str) -> Kind | None:

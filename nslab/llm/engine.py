@@ -18,7 +18,7 @@ import torch
 
 from nslab.llm.block_manager import BlockManager
 from nslab.llm.metrics import EngineMetrics
-from nslab.llm.model import Batch, KVCache, LlamaModel, SeqSlice
+from nslab.llm.model import Batch, Decodes, KVCache, LlamaModel, SeqSlice
 from nslab.llm.policy import SchedulingPolicy
 from nslab.llm.sampler import make_generator, sample
 from nslab.llm.scheduler import Scheduler
@@ -117,27 +117,41 @@ class LLMEngine:
     # -- one step ------------------------------------------------------------------
 
     def _build_batch(self, items: list[tuple[Sequence, int]]) -> tuple[Batch, list[Sequence]]:
-        bs = self.cfg.block_size
+        bs, dev = self.cfg.block_size, self.device
         ids, pos, slots, seqs, rows, sampled = [], [], [], [], [], []
+        dec_rows, dec_slots = [], []
         for seq, n in items:
             start = seq.num_computed
             table = torch.tensor(seq.block_table)
             p = torch.arange(start + n)
             all_slots = table[p // bs] * bs + p % bs
-            seqs.append(SeqSlice(len(ids), n, all_slots.to(self.device)))
+            if n == 1:
+                dec_rows.append(len(ids))
+                dec_slots.append(all_slots)
+            else:
+                seqs.append(SeqSlice(len(ids), n, all_slots.to(dev)))
             ids += seq.token_ids[start : start + n]
             pos.append(p[start:])
             slots.append(all_slots[start:])
             if start + n == len(seq):  # caught up: the last position's logits pick a token
                 rows.append(len(ids) - 1)
                 sampled.append(seq)
-        dev = self.device
+        decodes = None
+        if dec_rows:
+            width = max(len(s) for s in dec_slots)
+            padded = torch.zeros(len(dec_slots), width, dtype=torch.long)
+            mask = torch.zeros(len(dec_slots), 1, 1, width, dtype=torch.bool)
+            for i, s in enumerate(dec_slots):
+                padded[i, : len(s)] = s
+                mask[i, 0, 0, : len(s)] = True
+            decodes = Decodes(torch.tensor(dec_rows, device=dev), padded.to(dev), mask.to(dev))
         batch = Batch(
             input_ids=torch.tensor(ids, device=dev),
             positions=torch.cat(pos).to(dev),
             slot_mapping=torch.cat(slots).to(dev),
             seqs=seqs,
             sample_rows=torch.tensor(rows, dtype=torch.long, device=dev),
+            decodes=decodes,
         )
         return batch, sampled
 

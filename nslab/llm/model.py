@@ -72,12 +72,22 @@ class SeqSlice:
 
 
 @dataclass
+class Decodes:
+    """Sequences with one new token each, attended in one padded call."""
+
+    rows: torch.Tensor  # [B]: their rows in the flat batch
+    kv_slots: torch.Tensor  # [B, max_ctx]: cache slots, padded with slot 0
+    mask: torch.Tensor  # [B, 1, 1, max_ctx]: True for real keys
+
+
+@dataclass
 class Batch:
     input_ids: torch.Tensor  # [T]
     positions: torch.Tensor  # [T]
     slot_mapping: torch.Tensor  # [T]: cache slot each new token's K/V is written to
-    seqs: list[SeqSlice]
+    seqs: list[SeqSlice]  # sequences with several new tokens (prefill chunks)
     sample_rows: torch.Tensor  # flat-batch rows whose logits are needed (last token of a seq)
+    decodes: Decodes | None = None
 
 
 class KVCache:
@@ -148,6 +158,15 @@ class Attention(nn.Module):
         kc[batch.slot_mapping] = k
         vc[batch.slot_mapping] = v
         out = torch.empty_like(q)
+        d = batch.decodes
+        if d is not None:
+            # One query each: gather every sequence's keys into a padded batch and
+            # mask the padding, so B decodes cost one attention call, not B.
+            qd = q[d.rows][:, :, None, :]  # [B, H, 1, hd]
+            kd = kc[d.kv_slots].transpose(1, 2)  # [B, KVH, ctx, hd]
+            vd = vc[d.kv_slots].transpose(1, 2)
+            od = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=d.mask, enable_gqa=True)
+            out[d.rows] = od[:, :, 0, :]
         for sq in batch.seqs:
             qs = q[sq.start : sq.start + sq.length].transpose(0, 1)  # [H, n, hd]
             ks = kc[sq.kv_slots].transpose(0, 1)  # [KVH, ctx, hd]

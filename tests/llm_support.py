@@ -15,8 +15,9 @@ NSLAB = str(Path(sys.executable).with_name("nslab"))
 
 def start_server(*extra: str) -> tuple[subprocess.Popen, str]:
     argv = [NSLAB, "serve", "llm", "--model", "tiny", "--port", "0", "--block-size", "4", *extra]
+    # a later --model wins (argparse), so callers may ask for smollm2
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         ready, _, _ = select.select([proc.stdout], [], [], 1)
         if ready:

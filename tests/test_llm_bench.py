@@ -70,9 +70,13 @@ def test_prefix_repetition_hits_the_prefix_cache(server, tmp_path):
 
 
 def test_chat_trace(server, tmp_path):
-    r, res = bench(server, "--dataset-name", "chat", "--num-prompts", "4", tmp=tmp_path)
+    png = tmp_path / "ttft.png"
+    r, res = bench(
+        server, "--dataset-name", "chat", "--num-prompts", "4", "--plot", str(png), tmp=tmp_path
+    )
     assert r.returncode == 0 and res["completed"] == 4, r.stdout + r.stderr
     assert res["backend"] == "openai-chat"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_failed_requests_are_counted_and_shown(tmp_path):
@@ -102,9 +106,9 @@ def test_bad_goodput_is_a_clear_error(tmp_path):
 
 
 def test_arrivals_poisson_and_gamma():
-    gaps = arrival_gaps(4000, rate=50, burstiness=1.0, seed=1)
+    gaps = arrival_gaps(2000, rate=50, burstiness=1.0, seed=1)
     assert sum(gaps) / len(gaps) == pytest.approx(1 / 50, rel=0.1)
-    bursty = arrival_gaps(4000, rate=50, burstiness=0.25, seed=1)
+    bursty = arrival_gaps(2000, rate=50, burstiness=0.25, seed=1)
     assert sum(bursty) / len(bursty) == pytest.approx(1 / 50, rel=0.15)
     cv = lambda g: (sum((x - sum(g) / len(g)) ** 2 for x in g) / len(g)) ** 0.5 / (sum(g) / len(g))  # noqa: E731
     assert cv(gaps) == pytest.approx(1.0, rel=0.1) and cv(bursty) > 1.6

@@ -56,3 +56,24 @@ def test_smollm2_greedy_matches_hf_generate():
         assert s.output_ids == want, (
             f"{q!r}: engine {tok.decode(s.output_ids)!r} != HF {tok.decode(want)!r}"
         )
+
+
+def test_smollm2_server_answers_the_openai_client():
+    openai = pytest.importorskip("openai")
+    from llm_support import start_server, stop_server
+
+    proc, url = start_server("--model", "smollm2", "--num-blocks", "64")
+    try:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
+        msgs = [{"role": "user", "content": QUESTIONS[0]}]
+        r = client.chat.completions.create(
+            model="smollm2", messages=msgs, max_tokens=16, temperature=0
+        )
+        assert "Paris" in r.choices[0].message.content
+        stream = client.chat.completions.create(
+            model="smollm2", messages=msgs, max_tokens=16, temperature=0, stream=True
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        assert text == r.choices[0].message.content
+    finally:
+        stop_server(proc)

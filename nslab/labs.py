@@ -33,6 +33,7 @@ _TOP_KEYS = {
     "params",
     "controller",
     "services",
+    "playground",
     "time_budget",
     "setup_timeout",
     "check_timeout",
@@ -99,6 +100,7 @@ class LabSpec:
     params: dict[str, Any] = field(default_factory=dict)
     controller: str | None = None  # path relative to the submission
     services: list[Service] = field(default_factory=list)
+    playground: list[Service] = field(default_factory=list)  # `lab start` only
     time_budget: float = 600.0
     setup_timeout: float = 180.0
     check_timeout: float = 60.0
@@ -212,16 +214,13 @@ def load_lab(path: Path) -> LabSpec:
     if ctrl is not None and (not isinstance(ctrl, str) or ctrl.startswith("/") or ".." in ctrl):
         p.add("controller", "must be a relative path inside the submission, e.g. controller.py")
 
-    services = []
-    raw_services = data.get("services") or []
-    if not isinstance(raw_services, list):
-        p.add("services", "must be a list of {name, command, ...}")
-        raw_services = []
-    for i, s in enumerate(raw_services):
-        services.append(_service(p, f"services.{i}", s))
-    names = [s.name for s in services]
+    services = _services(p, "services", data.get("services"))
+    # playground: what `nslab lab start` also runs for the student to try things
+    # against (e.g. lab 4's fleet of pods); grading ignores it
+    playground = _services(p, "playground", data.get("playground"))
+    names = [s.name for s in services + playground]
     for n in {n for n in names if names.count(n) > 1}:
-        p.add("services", f"service name '{n}' used twice")
+        p.add("services", f"service name '{n}' used twice (services and playground)")
 
     timing = {}
     for key, default in (("time_budget", 600.0), ("setup_timeout", 180.0), ("check_timeout", 60.0)):
@@ -270,6 +269,7 @@ def load_lab(path: Path) -> LabSpec:
         params=params,
         controller=ctrl,
         services=services,
+        playground=playground,
         time_budget=timing["time_budget"],
         setup_timeout=timing["setup_timeout"],
         check_timeout=timing["check_timeout"],
@@ -321,6 +321,15 @@ def _grader_variants(file: Path, params: dict[str, Any], taken: set[str]) -> lis
     if p.found:
         raise LabError("\n".join(p.found.messages()))
     return variants
+
+
+def _services(p: _Problems, key: str, raw: Any) -> list[Service]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        p.add(key, "must be a list of {name, command, ...}")
+        return []
+    return [_service(p, f"{key}.{i}", s) for i, s in enumerate(raw)]
 
 
 def _service(p: _Problems, key: str, s: Any) -> Service:

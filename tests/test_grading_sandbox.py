@@ -211,9 +211,10 @@ def _running(pid: int) -> bool:
 @pytest.mark.skipif(not cgroup.available(), reason="no writable cgroup v2 tree")
 @pytest.mark.parametrize("fs_view", ["bwrap", "none"])
 def test_a_forked_daemon_does_not_outlive_the_submission(user, fs_view, monkeypatch):
-    """A daemon that double-forks and leaves its session: in bubblewrap's PID
-    namespace it dies with the sandbox; without that view (NSLAB_SANDBOX_FS=0)
-    it is still in the submission's cgroup, and one kill ends it."""
+    """A daemon that double-forks and leaves its session outlives the program
+    that started it, with bubblewrap's view or without it (NSLAB_SANDBOX_FS=0),
+    but not its cgroup: one kill ends it (what GradedLab.stop and the batch
+    runner do after every submission)."""
     if fs_view == "bwrap" and not sandbox.has_bwrap():
         pytest.skip("bubblewrap is not installed")
     monkeypatch.setenv("NSLAB_SANDBOX_FS", "1" if fs_view == "bwrap" else "0")
@@ -238,10 +239,7 @@ def test_a_forked_daemon_does_not_outlive_the_submission(user, fs_view, monkeypa
                            stderr=subprocess.DEVNULL, timeout=30, env=env)  # fmt: skip
         assert r.returncode == 0
         left = cgroup.pids(lab)
-        if fs_view == "bwrap":
-            assert left == [], f"the daemon outlived its sandbox: {left}"
-        else:
-            assert left, "the daemon should still run (it escaped its parent)"
+        assert left, "the daemon should still run (it escaped its parent)"
         assert cgroup.kill(lab)
         assert not [p for p in left if _running(p)]
         assert lab not in cgroup.labs()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -94,7 +95,9 @@ def _start(spec: LabSpec, args: argparse.Namespace) -> int:
     workdir = sandbox.make_workdir("/tmp", f"{prefix}-live-{spec.name}-", user, limits, sub)
     logs = STATE_DIR / spec.id
     shutil.rmtree(logs, ignore_errors=True)  # the previous run's logs
-    glab = GradedLab(spec, workdir, user, limits, spec.name, logs, variant)
+    # the playground too: what the guide has the student try things against
+    live = dataclasses.replace(spec, services=spec.services + spec.playground)
+    glab = GradedLab(live, workdir, user, limits, spec.name, logs, variant)
     try:
         glab.start()
     except BaseException:

@@ -183,7 +183,9 @@ def grade_one(
         res.status, res.output = "error", str(exc)
     finally:
         # Everything of this grading, student code and grader services alike.
-        cgroup.kill(instance)
+        for name in cgroup.labs():  # this grading's instance and its variants' (name + digit)
+            if name == instance or (name.startswith(instance) and name[len(instance) :].isdigit()):
+                cgroup.kill(name)
         sandbox.kill_user_processes(user)
         _force_down(instance)
         _release(instance)

@@ -221,6 +221,8 @@ class GradedLab:
                 self.engine.down()
             finally:
                 self.engine = None
+        if cgroup.available():  # the lab's group itself, whatever is left in it
+            cgroup.kill(self.instance)
 
     # -- what checks use --------------------------------------------------
     def student_command(

@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from nslab.rdma import native as _native  # registers the native data path with soft
+
 
 def _rdma_devices() -> list[str]:
     try:
@@ -37,9 +39,7 @@ def provider_info() -> dict:
     which data path it uses (nslab.rdma.native.info())."""
     info = _provider_info()
     if info["provider"] == "soft":
-        from nslab.rdma import native
-
-        dp = native.info()
+        dp = _native.info()
         info["datapath"] = dp["datapath"]
         info["detail"] += f"; data path: {dp['datapath']} ({dp['detail']})"
     else:

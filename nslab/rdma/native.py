@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import importlib
 import os
 import random
 import socket
@@ -38,8 +39,8 @@ from nslab.rdma.soft import (  # noqa: F401  (the verbs names of this provider)
     VerbsError,
 )
 
-try:
-    from nslab.rdma import _softnic
+try:  # the compiled extension, by name: it may not have been built
+    _softnic = importlib.import_module("nslab.rdma._softnic")
 
     BUILD_ERROR = ""
 except ImportError as exc:  # not built: no compiler at install time, or a Python mismatch
@@ -357,3 +358,6 @@ class QP(soft.QP):
             self.ctx.engine.post_recv(self.qp_num, out)
         except MemoryError:
             raise VerbsError(f"receive queue full ({self.cap.max_recv_wr} WRs)", errno.ENOMEM) from None  # fmt: skip
+
+
+soft.register_accelerated(wanted, Context=Context, PD=PD, MR=MR, CQ=CQ, QP=QP)

@@ -171,10 +171,27 @@ class WC:
 # --------------------------------------------------------------------------- context
 
 
-def _native():
-    from nslab.rdma import native
+# The native data path (nslab.rdma.native) registers its classes here when it is
+# imported, which `import nslab.rdma` does: this reference provider never imports it.
+ACCELERATED: dict[str, type] = {}
+_accel_wanted: list[Callable[[bool | None], bool]] = []
 
-    return native
+
+def register_accelerated(wanted: Callable[[bool | None], bool], **classes: type) -> None:
+    """Called by nslab.rdma.native: its Context, PD, MR, CQ and QP, and whether a
+    new Context should get them."""
+    ACCELERATED.update(classes)
+    _accel_wanted[:] = [wanted]
+
+
+def _native_wanted(native: bool | None) -> bool:
+    if _accel_wanted:
+        return _accel_wanted[0](native)
+    if native:
+        raise VerbsError(
+            "the native RDMA data path is not loaded (import nslab.rdma)", errno.ENOENT
+        )
+    return False
 
 
 def _is_native(ctx) -> bool:
@@ -215,8 +232,8 @@ class Context:
     def __new__(cls, *args, native: bool | None = None, **kw):
         # The native data path (nslab.rdma.native) is the default where it
         # built; native=False or NSLAB_RDMA_NATIVE=0 picks this Python one.
-        if cls is Context and _native().wanted(native):
-            return object.__new__(_native().Context)
+        if cls is Context and _native_wanted(native):
+            return object.__new__(ACCELERATED["Context"])
         return object.__new__(cls)
 
     def __init__(self, name: str = "soft0", addr: str = "0.0.0.0", port: int = w.ROCEV2_PORT, rcvbuf: int = 8 << 20, native: bool | None = None):  # fmt: skip
@@ -421,7 +438,7 @@ class PD:
     def __new__(cls, *args, **kw):
         owner = args[0] if args else kw.get("ctx")
         if cls is PD and owner is not None and _is_native(owner):  # the native context's objects
-            return object.__new__(_native().PD)
+            return object.__new__(ACCELERATED["PD"])
         return object.__new__(cls)
 
     def __init__(self, ctx: Context):
@@ -453,7 +470,7 @@ class MR:
         if (
             cls is MR and owner is not None and _is_native(owner.ctx)
         ):  # the native context's objects
-            return object.__new__(_native().MR)
+            return object.__new__(ACCELERATED["MR"])
         return object.__new__(cls)
 
     def __init__(self, pd: PD, length: int, access: int = e.IBV_ACCESS_LOCAL_WRITE):
@@ -499,7 +516,7 @@ class CQ:
     def __new__(cls, *args, **kw):
         owner = args[0] if args else kw.get("ctx")
         if cls is CQ and owner is not None and _is_native(owner):  # the native context's objects
-            return object.__new__(_native().CQ)
+            return object.__new__(ACCELERATED["CQ"])
         return object.__new__(cls)
 
     def __init__(self, ctx: Context, cqe: int = 256, cq_context=None, channel=None, comp_vector: int = 0):  # fmt: skip
@@ -596,7 +613,7 @@ class QP:
         if (
             cls is QP and owner is not None and _is_native(owner.ctx)
         ):  # the native context's objects
-            return object.__new__(_native().QP)
+            return object.__new__(ACCELERATED["QP"])
         return object.__new__(cls)
 
     def __init__(self, pd: PD, init_attr: QPInitAttr, qp_attr: QPAttr | None = None):

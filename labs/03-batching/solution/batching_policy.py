@@ -1,4 +1,4 @@
-"""Lab 3, exercise 2: an SLO-aware batching policy (reference solution)."""
+"""Lab 3, step 5: an SLO-aware batching policy (reference solution)."""
 
 from nslab.serving.batching import BatchPolicy, QueueState
 

@@ -1,4 +1,4 @@
-"""Lab 3, exercise 2: your batching policy.
+"""Lab 3, step 5: your batching policy (README.md, "Step 5").
 
 The pod calls `decide` whenever a request arrives, a batch finishes, or the
 time you return from `wake_after_s` has passed. Return how many queued items

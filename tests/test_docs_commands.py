@@ -22,7 +22,17 @@ DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 DOCS += sorted((REPO / "labs").glob("*/README.md"))
 SHELL_LANGS = {"", "sh", "bash", "shell", "console"}
 # verbs (or verb + action) that run without root; every other verb needs `sudo`
-NO_ROOT = {"graph", "export", "load", "serve", "release", "autograder", "doctor", "lab list"}
+NO_ROOT = {
+    "graph",
+    "export",
+    "load",
+    "serve",
+    "bench",
+    "release",
+    "autograder",
+    "doctor",
+    "lab list",
+}
 NO_ROOT |= {"nf elements", "nf templates", "nf render"}
 OPERATORS = {"|", "||", "&&", ";", "&", "do", "then", "time"}
 

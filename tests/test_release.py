@@ -42,14 +42,22 @@ def _all_text(root: Path) -> dict[Path, str]:
 
 
 def _distinctive_lines(solution: Path, starter: Path) -> set[str]:
-    """Lines of a solution file that its starter does not have (the answer)."""
+    """Lines of a solution file that its starter does not have (the answer).
+    Imports and `def` signatures are interface, not logic: a solution's element
+    overrides the kit's `push`/`tick`/`stats` with the kit's own signatures."""
     start = set()
     if starter.is_file():
         start = {ln.strip() for ln in starter.read_text().splitlines()}
+
+    def interface(ln: str) -> bool:
+        return ln.startswith(("#", "import ", "from ")) or (
+            ln.startswith("def ") and ln.endswith(":")
+        )
+
     return {
         ln.strip()
         for ln in solution.read_text().splitlines()
-        if len(ln.strip()) >= 30 and ln.strip() not in start and not ln.strip().startswith("#")
+        if len(ln.strip()) >= 30 and ln.strip() not in start and not interface(ln.strip())
     }
 
 

@@ -151,7 +151,7 @@ def grader_pods(repo: Path, *cfgs: dict[str, Any]) -> list[local.Proc]:
             out.append(local._wait_ready(p, f"pod {c.get('name', '')}"))
     except BaseException:
         for p in launched:
-            local.Proc(p, 0, "pod").stop(sig_kill=True)
+            local.Proc(p).stop(sig_kill=True)
         raise
     return out
 

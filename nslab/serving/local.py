@@ -7,104 +7,75 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
+from nslab import process
 from nslab.errors import NslabError
+from nslab.process import Process
 from nslab.serving.pod import command as pod_command
 from nslab.wait import WaitTimeout, wait_until
 
+_READY = re.compile(r"^READY (\d+)", re.M)
+
 
 class Proc:
-    def __init__(self, popen: subprocess.Popen, port: int, what: str):
-        self.popen, self.port, self.what = popen, port, what
+    """A pod or dispatcher we started (nslab.process), and where it serves."""
+
+    def __init__(self, process: Process, port: int = 0):
+        self.process, self.port, self.what = process, port, process.what
         self.url = f"http://127.0.0.1:{port}"
 
     @property
-    def log_path(self) -> str | None:
-        return getattr(self.popen, "nslab_log", None)
+    def popen(self) -> subprocess.Popen:
+        return self.process.popen
+
+    @property
+    def log_path(self) -> str:
+        return str(self.process.log)
 
     def log_tail(self, n: int = 15) -> str:
         """The last lines the process printed (stdout and stderr)."""
-        try:
-            with open(self.log_path or "", "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - 8000))
-                return "\n".join(f.read().decode("utf-8", "replace").splitlines()[-n:])
-        except OSError:
-            return ""
+        return self.process.log_tail(n)
 
     def stop(self, sig_kill: bool = False) -> None:
-        if self.popen.poll() is None:
-            if sig_kill:
-                self.popen.kill()
-            else:
-                self.popen.terminate()
-            try:
-                self.popen.wait(5)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
-        if self.log_path:
-            with contextlib.suppress(OSError):
-                os.unlink(self.log_path)
+        self.process.stop(kill=sig_kill)
+        with contextlib.suppress(OSError):
+            os.unlink(self.log_path)
 
 
-def _launch(
-    cmd: list[str], env: dict | None = None, preexec_fn: Callable[[], None] | None = None
-) -> subprocess.Popen:
-    """env: the whole environment when preexec_fn is given (a sandbox), else additions.
-    Output goes to a log file, never to a pipe: a pipe nobody reads fills up
-    (asyncio warnings, a student's print) and then blocks the process."""
+def _launch(cmd: list[str], env: dict | None = None, what: str = "") -> Process:
+    """Started, not yet ready. Output goes to a log file, never to a pipe: a
+    pipe nobody reads fills up (asyncio warnings, a print) and blocks it."""
     fd, log = tempfile.mkstemp(prefix="nslab-serving-", suffix=".log")
+    os.close(fd)
     try:
-        p = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=fd,
-            stderr=subprocess.STDOUT,
-            env=env if preexec_fn else {**os.environ, **(env or {})},
-            start_new_session=preexec_fn is None,
-            preexec_fn=preexec_fn,
-        )
+        return process.start(cmd, what=what or cmd[-1], log=log, env={**os.environ, **(env or {})})
     except BaseException:
         os.unlink(log)
         raise
-    finally:
-        os.close(fd)
-    p.nslab_log = log  # type: ignore[attr-defined]
-    return p
 
 
-def _wait_ready(p: subprocess.Popen, what: str, timeout_s: float = 60.0) -> Proc:
-    proc = Proc(p, 0, what)
-
-    def ready_port() -> int | None:
-        with open(proc.log_path or "", errors="replace") as f:
-            for line in f:
-                if line.startswith("READY "):
-                    return int(line.split()[1])
-        if p.poll() is not None:
-            err = proc.log_tail()
-            proc.stop()
-            raise NslabError(f"{what} exited with code {p.returncode} before ready:\n{err.strip()}")
-        return None
-
+def _wait_ready(p: Process, what: str | None = None, timeout_s: float = 60.0) -> Proc:
+    """Until it prints `READY <port>` (it may have asked for any free port)."""
+    if what:
+        p.what = what
     try:
-        proc.port = wait_until(ready_port, timeout_s, what=f"{what} to print READY")
-    except WaitTimeout:
-        err = proc.log_tail()
-        proc.stop(sig_kill=True)
-        raise NslabError(f"{what} not ready within {timeout_s:.0f} s; its output:\n{err}") from None
-    proc.url = f"http://127.0.0.1:{proc.port}"
-    return proc
+        p.wait_ready(process.Ready(log=_READY.pattern, timeout=timeout_s))
+    except process.ProcessStartError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(p.log)
+        raise NslabError(str(exc)) from None
+    port = int(_READY.search(p.log_tail(200)).group(1))  # type: ignore[union-attr]
+    return Proc(p, port)
 
 
 def _start(cmd: list[str], what: str, timeout_s: float = 60.0) -> Proc:
-    return _wait_ready(_launch(cmd), what, timeout_s)
+    return _wait_ready(_launch(cmd, what=what), what, timeout_s)
 
 
 def start_pod(cfg: dict[str, Any], timeout_s: float = 60.0) -> Proc:
@@ -133,7 +104,7 @@ def start_dispatcher(pods: list[tuple[str, str]], policy: str = "round-robin", *
 @contextlib.contextmanager
 def pods(*cfgs: dict[str, Any]) -> Iterator[list[Proc]]:
     """Start pods (launched together: each pays Python's start-up), stop them on exit."""
-    launched: list[tuple[subprocess.Popen, str]] = []
+    launched: list[tuple[Process, str]] = []
     started: list[Proc] = []
     try:
         for cfg in cfgs:
@@ -141,12 +112,12 @@ def pods(*cfgs: dict[str, Any]) -> Iterator[list[Proc]]:
             launched.append(
                 (_launch(pod_command(cfg)), f"pod {cfg.get('name') or cfg.get('model')}")
             )
-        for popen, what in launched:
-            started.append(_wait_ready(popen, what))
+        for p, what in launched:
+            started.append(_wait_ready(p, what))
         yield started
     finally:
-        for popen, what in launched:
-            Proc(popen, 0, what).stop()
+        for p, _what in launched:
+            Proc(p).stop()
 
 
 def wait_idle(urls: list[str], timeout_s: float = 30.0) -> bool:

@@ -247,13 +247,7 @@ class QP(soft.QP):
     """A Reliable Connected queue pair whose transport runs in the engine."""
 
     def __init__(self, pd: PD, init_attr: QPInitAttr, qp_attr: QPAttr | None = None):
-        if init_attr.scq is None or init_attr.rcq is None:
-            raise VerbsError("QPInitAttr needs scq and rcq (completion queues)")
-        self.pd, self.ctx = pd, pd.ctx
-        self.qp_type = init_attr.qp_type
-        self.scq, self.rcq = init_attr.scq, init_attr.rcq
-        self.cap = init_attr.cap
-        self.sq_sig_all = init_attr.sq_sig_all
+        self._take_init_attr(pd, init_attr)
         self._state = e.IBV_QPS_RESET
         self.mtu, self.dest_qp_num, self.remote = 1024, 0, None
         with self.ctx.lock:

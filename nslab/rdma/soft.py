@@ -616,7 +616,8 @@ class QP:
             return object.__new__(ACCELERATED["QP"])
         return object.__new__(cls)
 
-    def __init__(self, pd: PD, init_attr: QPInitAttr, qp_attr: QPAttr | None = None):
+    def _take_init_attr(self, pd: PD, init_attr: QPInitAttr) -> None:
+        """What every QP keeps of its creation (the native one too)."""
         if init_attr.scq is None or init_attr.rcq is None:
             raise VerbsError("QPInitAttr needs scq and rcq (completion queues)")
         self.pd, self.ctx = pd, pd.ctx
@@ -624,6 +625,9 @@ class QP:
         self.scq, self.rcq = init_attr.scq, init_attr.rcq
         self.cap = init_attr.cap
         self.sq_sig_all = init_attr.sq_sig_all
+
+    def __init__(self, pd: PD, init_attr: QPInitAttr, qp_attr: QPAttr | None = None):
+        self._take_init_attr(pd, init_attr)
         self.qp_state = e.IBV_QPS_RESET
         self.access = 0
         self.mtu = 1024

@@ -17,14 +17,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import sys
 import traceback
 from typing import Any
 
 from nslab.errors import NslabError
 from nslab.serving import metrics as prom
-from nslab.serving.http import HttpError, Request, Response, serve
+from nslab.serving.http import HttpError, Request, Response, serve, until_signalled
 from nslab.serving.plugins import class_from_file
 from nslab.serving.policies import POLICIES, DispatchRequest, PodView, Policy, RemotePolicy
 
@@ -286,11 +285,7 @@ async def run_dispatcher(cfg: dict[str, Any]) -> None:
     )
     port = await d.start(cfg.get("host", "0.0.0.0"), int(cfg.get("port", 8080)))
     print(f"READY {port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_signalled()
     await d.stop()
 
 

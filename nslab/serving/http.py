@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -319,3 +320,12 @@ def split_url(url: str) -> tuple[str, int]:
     if not sep or not port.isdigit():
         raise ValueError(f"URL {url!r} lacks a port; write it as http://HOST:PORT")
     return host.strip("[]"), int(port)
+
+
+async def until_signalled() -> None:
+    """Wait for SIGTERM or SIGINT: how a foreground server knows to stop cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()

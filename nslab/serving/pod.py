@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import sys
 import time
 from dataclasses import dataclass, fields
@@ -37,7 +36,7 @@ from nslab.serving.batching import (
     TritonPolicy,
 )
 from nslab.serving.devices import Device, make_device
-from nslab.serving.http import Request, Response, serve
+from nslab.serving.http import Request, Response, serve, until_signalled
 from nslab.serving.metrics import Counter, Gauge, Histogram
 from nslab.serving.plugins import class_from_file
 
@@ -302,11 +301,7 @@ async def run_pod(cfg: PodConfig, ready_line: bool = True) -> None:
     port = await pod.start()
     if ready_line:
         print(f"READY {port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_signalled()
     await pod.stop()
 
 

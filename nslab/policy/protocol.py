@@ -30,7 +30,7 @@ ADAPTERS = {
 #   late     no answer within the deadline
 #   invalid  an answer that is not a valid decision (schema or the kind's rules)
 #   error    the policy said its code failed (an exception in it)
-#   absent   no policy to ask: not connected yet, gone, or given up on
+#   absent   no policy to ask: not connected yet, gone, or benched after late answers
 OUTCOMES = ("ok", "late", "invalid", "error", "absent")
 
 
@@ -74,10 +74,11 @@ class PolicyLink:
     """The component's end. `decision` is the pydantic model of a decision;
     `check(state, decision)` returns why a well-formed decision is still
     wrong (or None); `fallback(state)` is the safe decision used instead.
-    After `strikes` late answers in a row the policy is given up on (the
-    rest count as absent), so a stuck policy cannot stall the component.
-    One policy process is connected at a time; when it goes, another may
-    connect (a restarted one)."""
+    After `strikes` late answers in a row the policy is benched for
+    `bench_s` (those decisions count as absent, taken at once), then asked
+    again: a stuck policy cannot stall the component, and one that stalled
+    for a moment is not lost for the rest of the run. One policy process is
+    connected at a time; when it goes, another may connect (a restarted one)."""
 
     def __init__(
         self,
@@ -89,10 +90,12 @@ class PolicyLink:
         check: Callable[[dict, Any], str | None] | None = None,
         deadline_s: float = 0.05,
         strikes: int = 5,
+        bench_s: float = 1.0,
     ):
         self.path, self.kind, self.params = path, kind, params
         self.decision, self.fallback, self.check = decision, fallback, check
-        self.deadline_s, self.max_strikes = deadline_s, strikes
+        self.deadline_s, self.max_strikes, self.bench_s = deadline_s, strikes, bench_s
+        self._benched_until = 0.0  # loop time before which the policy is not asked
         self.counts = dict.fromkeys(OUTCOMES, 0)
         self.policy = ""  # the policy's class name, once ready
         self.info: dict[str, Any] = {}
@@ -131,7 +134,7 @@ class PolicyLink:
         if self._writer is not None:  # one policy at a time; others are refused
             writer.close()
             return
-        self._writer, self._strikes = writer, 0
+        self._writer, self._strikes, self._benched_until = writer, 0, 0.0
         try:
             writer.write(dumps(Setup(kind=self.kind, params=self.params).model_dump()))
             line = await asyncio.wait_for(reader.readline(), 30)
@@ -172,23 +175,28 @@ class PolicyLink:
 
     async def ask(self, state: dict) -> Any:
         """A valid decision for `state`: the policy's, or the fallback."""
-        if not self.live or self._writer is None:
+        loop = asyncio.get_running_loop()
+        if not self.live or self._writer is None or loop.time() < self._benched_until:
             self.counts["absent"] += 1
             return self.fallback(state)
         self._next_id += 1
         qid = self._next_id
-        fut = asyncio.get_running_loop().create_future()
+        fut = loop.create_future()
         self._pending[qid] = fut
         try:
             self._writer.write(dumps({"type": "ask", "id": qid, "state": state}))
+            # When this process itself stalls past the deadline, an answer that
+            # arrived meanwhile is still read before wait_for gives up on it
+            # (asyncio runs ready I/O before expired timers): the component's
+            # own lag is not charged to the policy (tests/test_policy_link.py).
             got = await asyncio.wait_for(fut, self.deadline_s)
         except asyncio.TimeoutError:
             self._pending.pop(qid, None)
             self._strikes += 1
             self._problem("late", f"no answer within {self.deadline_s * 1000:g} ms")
             if self._strikes >= self.max_strikes:
-                self._problem("absent", f"{self._strikes} late answers in a row: given up")
-                self.live = False
+                self._problem("absent", f"{self._strikes} late answers in a row: benched")
+                self._benched_until = loop.time() + self.bench_s
             return self.fallback(state)
         except (OSError, RuntimeError):
             self._pending.pop(qid, None)

@@ -76,6 +76,19 @@ def gpu_present() -> bool:
     return bool(shutil.which("nvidia-smi")) and _run(["nvidia-smi", "-L"]).returncode == 0
 
 
+def cpu_pressure_us() -> int | None:
+    """Microseconds, since boot, during which some runnable task waited for a
+    CPU (the kernel's pressure stall information, /proc/pressure/cpu), or None
+    where the kernel has no PSI. Differences over an interval say how
+    contended the machine was in it, whoever caused it."""
+    try:
+        with open("/proc/pressure/cpu") as f:
+            some = f.readline().split()
+        return int(dict(kv.split("=") for kv in some[1:])["total"])
+    except (OSError, KeyError, ValueError, IndexError):
+        return None
+
+
 def probe() -> list[Capability]:
     """Every capability the labs care about, most fundamental first."""
     caps: list[Capability] = []

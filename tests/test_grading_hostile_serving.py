@@ -144,3 +144,42 @@ def test_lab4_importing_the_kit_and_hostile_policies_gain_nothing(grading_env, t
     reason = observed(rs["bad"], "requests through your policies")
     assert "in time or validly" in reason, reason
     assert not survivors([m1, m2]), survivors([m1, m2])
+
+
+STALL_ONCE = """
+
+import os as _os
+import time as _time
+
+_first_choose = JoinShortestQueue.choose
+_calls = [0]
+
+
+def _stalling_choose(self, request, pods):
+    # The first policy process stalls for 0.6 s after 100 decisions, as a
+    # process descheduled by a busy machine would; later ones do not.
+    _calls[0] += 1
+    if _calls[0] == 100 and not _os.path.exists("stalled-once"):
+        open("stalled-once", "w").close()
+        _time.sleep(0.6)
+    return _first_choose(self, request, pods)
+
+
+JoinShortestQueue.choose = _stalling_choose
+"""
+
+
+def test_lab4_a_policy_stalled_once_is_measured_again(grading_env, tmp_path):
+    """Answers late only in the first run (a stall, like a descheduled process):
+    the grader measures again, and the solution keeps full marks, with a note.
+    (Found grading lab 4's solution on a loaded machine: one run in five lost 7
+    points to a stall of the policy's process.)"""
+    lab = "04-load-balancing"
+    sub = tmp_path / "stall1"
+    shutil.copytree(labs_root() / lab / "solution", sub)
+    (sub / "policies.py").write_text((sub / "policies.py").read_text() + STALL_ONCE)
+    r = grade(lab, [sub], tmp_path / "out", grading_env)["stall1"]
+    assert r.status == "ok", r
+    assert r.score == r.max_score, [(t["name"], t["outcome"], t["reason"]) for t in r.tests]
+    out = output(tmp_path / "out", "stall1", "requests through your policies")
+    assert "JoinShortestQueue: measured 2 times" in out, out

@@ -18,6 +18,7 @@ import grading_support
 import pytest
 from grading_support import DATA, ECHO, make_lab
 
+from nslab import host
 from nslab.cli.lab import STATE_DIR
 from nslab.grading import runner
 from nslab.labs import load_lab
@@ -98,6 +99,12 @@ def test_grade_writes_every_output(grading_env, tmp_path):
         ("missing", "error", "0"),
     ]
     assert "not a folder" in rows[2]["message"]
+    # How contended the CPU was while each one was graded (PSI), for the TA to
+    # judge timing checks by: in results.json, summary.csv and the progress line.
+    if host.cpu_pressure_us() is not None:
+        assert 0 <= doc["extra_data"]["cpu_contention_pct"] <= 100, doc["extra_data"]
+        assert 0 <= float(rows[0]["cpu_contention_pct"]) <= 100, rows[0]
+        assert "CPU contention" in res.stderr, res.stderr
 
 
 def test_a_crashing_check_process_is_reported_and_the_batch_goes_on(grading_env, tmp_path):

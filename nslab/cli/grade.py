@@ -45,16 +45,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+# Above this share of wall time with tasks waiting for a CPU, a grading's
+# timing checks may have judged the machine rather than the submission.
+CONTENDED_PCT = 50.0
+
+
 def _progress(r: SubmissionResult, i: int, n: int) -> None:
     extra = (
         ""
         if r.status == "ok"
         else f"  [{r.status}: {r.output.splitlines()[0] if r.output else ''}]"
     )
+    psi = r.cpu_contention_pct
+    cpu = "" if psi is None else f", CPU contention {psi:g} %"
     print(
-        f"[{i}/{n}] {r.name}: {r.score:g}/{r.max_score:g} in {r.execution_time:.1f} s{extra}",
+        f"[{i}/{n}] {r.name}: {r.score:g}/{r.max_score:g} in {r.execution_time:.1f} s{cpu}{extra}",
         file=sys.stderr,
     )
+    if psi is not None and psi > CONTENDED_PCT:
+        print(
+            f"  warning: tasks waited for a CPU {psi:g} % of the time; timing checks may have "
+            f"judged the machine, not {r.name}: regrade it when the machine is quieter "
+            "(or with fewer --jobs)",
+            file=sys.stderr,
+        )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -66,6 +66,8 @@ def results_json(res: SubmissionResult) -> dict[str, Any]:
         "stdout_visibility": "hidden",
         "tests": tests,
     }
+    if res.cpu_contention_pct is not None:  # Gradescope keeps extra_data, shows nothing of it
+        doc["extra_data"] = {"cpu_contention_pct": res.cpu_contention_pct}
     return doc
 
 
@@ -210,6 +212,7 @@ def write_summary(results: list[SubmissionResult], path: Path) -> None:
                 "passed",
                 "failed",
                 "execution_time_s",
+                "cpu_contention_pct",
                 "message",
             ]
         )
@@ -225,7 +228,11 @@ def write_summary(results: list[SubmissionResult], path: Path) -> None:
                     passed,
                     len(r.tests) - passed,
                 ]
-                + [f"{r.execution_time:.2f}", r.output.splitlines()[0] if r.output else ""]
+                + [
+                    f"{r.execution_time:.2f}",
+                    "" if r.cpu_contention_pct is None else f"{r.cpu_contention_pct:g}",
+                    r.output.splitlines()[0] if r.output else "",
+                ]
             )
 
 

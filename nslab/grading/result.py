@@ -22,6 +22,10 @@ class SubmissionResult:
     lab_id: str = ""
     lab_title: str = ""
     visibility: str = "all"
+    # Share of the grading's wall time in which some task on the machine
+    # waited for a CPU (PSI); None without PSI. Timing checks judged under
+    # heavy contention may be unfair: `nslab grade` says so.
+    cpu_contention_pct: float | None = None
 
     @property
     def all_passed(self) -> bool:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from nslab import cgroup
+from nslab import cgroup, host
 from nslab.engine.state import RUN_DIR
 from nslab.errors import NslabError
 from nslab.grading import outputs, sandbox, submissions
@@ -129,7 +129,7 @@ def grade_one(
 ) -> SubmissionResult:
     """Grade one submission into `out_dir` (results.json, junit.xml,
     report.html, logs/). Never raises for anything the submission does."""
-    t0 = time.monotonic()
+    t0, psi0 = time.monotonic(), host.cpu_pressure_us()
     submission = Path(submission)
     res = SubmissionResult(
         name or submission.name,
@@ -192,6 +192,9 @@ def grade_one(
         if workdir is not None:
             sandbox.remove_workdir(workdir)
         res.execution_time = round(time.monotonic() - t0, 2)
+        psi1 = host.cpu_pressure_us()
+        if psi0 is not None and psi1 is not None and res.execution_time > 0:
+            res.cpu_contention_pct = round((psi1 - psi0) / (res.execution_time * 1e4), 1)
         _write_outputs(res, gdir, out_dir)
         if keep:
             print(f"kept grading dir {gdir}", file=sys.stderr)

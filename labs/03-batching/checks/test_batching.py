@@ -18,7 +18,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from nslab.serving import batching, labcheck, load
+from nslab.serving import batching, labcheck, load, local
 from nslab.serving.devices import PROFILES
 
 TARGET_RATE = 150.0  # requests/s offered (Poisson): 3x what the pod serves unbatched
@@ -100,20 +100,28 @@ def measured(lab, repo, unbatched):
             if spec:
                 student = labcheck.StudentPolicy(lab, spec, d / "policy.sock").start()
                 labcheck.wait_policy(pod.url, student)
-            r = load.run(
-                pod.url,
-                "digits",
-                rate=TARGET_RATE,
-                slo_ms=SLO_MS,
-                verify=True,
-                repo=repo,
-                seed=3,
-                timeout_s=10,
-                **MEASURE,
-            )
-            r.policy_counts = labcheck.policy_counts(pod.url) if spec else {}  # type: ignore[attr-defined]
-            r.policy_log = student.log_tail() if student else ""  # type: ignore[attr-defined]
-            return r
+
+            def once():
+                # a run that overloaded the pod leaves a backlog: let it drain first
+                assert local.wait_idle([pod.url], 30), "grader problem: the pod stayed busy"
+                before = labcheck.policy_counts(pod.url) if spec else {}
+                r = load.run(
+                    pod.url,
+                    "digits",
+                    rate=TARGET_RATE,
+                    slo_ms=SLO_MS,
+                    verify=True,
+                    repo=repo,
+                    seed=3,
+                    timeout_s=10,
+                    **MEASURE,
+                )
+                after = labcheck.policy_counts(pod.url) if spec else {}
+                r.policy_counts = {k: v - before.get(k, 0) for k, v in after.items()}  # type: ignore[attr-defined]
+                r.policy_log = student.log_tail() if student else ""  # type: ignore[attr-defined]
+                return r
+
+            return labcheck.measured_on_time(once)
         finally:
             pod.stop(sig_kill=True)
             if student:
@@ -144,11 +152,12 @@ def test_answers_correctly(lab, measured, record, expect):
             record.value(f"policy decisions: {k}", v)
         if labcheck.fallbacks(counts) and measured.policy_log:
             record.note(f"your policy's last output:\n{measured.policy_log}")
+        labcheck.note_attempts(record, measured, "")
         # A late or invalid answer launched one request alone instead (no batching).
         expect(
             labcheck.fallbacks(counts),
             "<=",
-            max(3, sum(counts.values()) // 100),
+            labcheck.tolerated(counts),
             "decisions your policy did not answer in time or validly (late, invalid, error, absent)",
         )
 

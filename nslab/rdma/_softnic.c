@@ -79,6 +79,15 @@ enum { SYN_ACK = 0x1F, SYN_RNR_NAK = 0x20, SYN_NAK_PSN_SEQ = 0x60, SYN_NAK_INV_R
 #define CQE_SIZE 48
 #define CQ_HDR 64
 #define RNR_DELAY_NS 1000000ull
+/* The retransmit timer: RTT-based (srtt + 4 rttvar, as TCP's RFC 6298), at
+ * least RTO_MIN_NS, at most the QP's configured timeout (attr.timeout), which
+ * is also where it starts before the first sample (capped at RTO_INIT_NS).
+ * It doubles on each timeout without progress; only firings at the full
+ * configured timeout spend one of retry_cnt. */
+#define RTO_MIN_NS 1000000ull
+#define RTO_INIT_NS 10000000ull
+#define RTO_VAR_MIN_NS 200000ull
+#define ACTIVE_NS 200000000ull
 #define IDLE_WAKE_NS 50000000ull
 #define BTH_LEN 12
 
@@ -250,8 +259,12 @@ typedef struct qp {
     uint32_t snd_nxt, snd_una, next_psn;
     int retry_cnt, retries_left, rnr_retry, rnr_left, rnr_wait, max_rd_atomic;
     uint32_t cwnd, ssthresh; /* packets in flight after a loss (AIMD), MAX_INFLIGHT before */
-    int read_retry_valid; uint32_t read_retry_psn;
+    int read_retry_valid; uint32_t read_retry_psn; uint64_t read_retry_t;
     uint64_t timeout_ns, deadline; /* 0: no timer */
+    uint64_t rto, srtt, rttvar;    /* ns; srtt 0: no sample yet */
+    uint32_t snd_max;              /* one past the highest PSN ever sent (Karn: no samples of resends) */
+    int probe_valid; uint32_t probe_psn; uint64_t probe_t; /* the packet being timed */
+    int nak_valid; uint32_t nak_psn; uint64_t nak_t;       /* the latest NAK-sequence we acted on */
     /* responder */
     wqe_t *rq; uint32_t rq_cap, rq_head, rq_n;
     uint32_t epsn, msn;
@@ -265,7 +278,7 @@ enum {
     ST_TX_GSO, ST_TX_FULL, ST_TX_ERRORS, ST_RX_GRO, ST_ONE_READ, ST_ONE_READ_BYTES, ST_ONE_WRITE,
     ST_TWO_RECV, ST_NAKS_SENT, ST_RNR_NAKS_SENT, ST_BAD_RKEY, ST_OOB, ST_NO_PERM, ST_RX_OOO,
     ST_RX_DUP, ST_SEQ_NAKS, ST_RNR_NAKS, ST_ERR_NAKS, ST_RETRANS, ST_TIMEOUTS, ST_READ_GAPS,
-    ST_CQ_OVERRUN, ST_N
+    ST_CQ_OVERRUN, ST_EARLY_TIMEOUTS, ST_NAKS_IGNORED, ST_N
 };
 static const char *stat_names[ST_N] = {
     "rx_packets", "tx_packets", "rx_dropped_short", "rx_dropped_no_qp", "rx_dropped_icrc",
@@ -273,7 +286,7 @@ static const char *stat_names[ST_N] = {
     "rx_gro_batches", "one_sided_read", "one_sided_read_bytes", "one_sided_write", "two_sided_recv",
     "naks_sent", "rnr_naks_sent", "bad_rkey", "out_of_bounds", "no_permission", "rx_out_of_order",
     "rx_duplicates", "seq_naks", "rnr_naks", "error_naks", "retransmits", "timeouts", "read_gaps",
-    "cq_overruns",
+    "cq_overruns", "rto_backoffs", "naks_ignored",
 };
 
 typedef struct {
@@ -284,6 +297,8 @@ typedef struct {
     pthread_t thread;
     pthread_mutex_t mu;
     uint64_t spin_ns;
+    uint64_t sleep_until;  /* when the engine thread's poll() times out (lock held to change) */
+    uint64_t active_until; /* a timer was armed lately: the thread wakes every RTO_MIN_NS until then */
     int busy_pollers;
     mr_t **mrs; int n_mrs, cap_mrs; /* stable pointers: WQEs refer to them */
     qp_t *qps; int cap_qps;
@@ -463,12 +478,40 @@ static int sq_find(qp_t *q, uint32_t psn) {
     return -1;
 }
 
+static __thread int tl_engine; /* set in the engine's own thread */
+
+static uint64_t rto_of(const qp_t *q) {
+    uint64_t r = q->srtt ? q->srtt + 4 * (q->rttvar > RTO_VAR_MIN_NS ? q->rttvar : RTO_VAR_MIN_NS) : RTO_INIT_NS;
+    if (r < RTO_MIN_NS) r = RTO_MIN_NS;
+    return r < q->timeout_ns ? r : q->timeout_ns;
+}
+static void rtt_sample(qp_t *q, uint64_t r) {
+    if (!q->srtt) { q->srtt = r; q->rttvar = r / 2; }
+    else {
+        uint64_t d = r > q->srtt ? r - q->srtt : q->srtt - r;
+        q->rttvar = (3 * q->rttvar + d) / 4;
+        q->srtt = (7 * q->srtt + r) / 8;
+    }
+    q->probe_valid = 0;
+}
+/* A response covering psn: the timed packet's round trip, if it is one. */
+static void rtt_check(qp_t *q, uint32_t psn) {
+    if (q->probe_valid && psn_diff(psn, q->probe_psn) >= 0) rtt_sample(q, now_ns() - q->probe_t);
+}
+
 static void arm(Engine *E, qp_t *q) {
     if (q->sq_n && q->state == QPS_RTS) {
         if (!q->deadline) {
-            q->deadline = now_ns() + q->timeout_ns;
-            uint64_t one = 1;
-            if (write(E->evfd, &one, 8) < 0) { /* the thread wakes up on its idle timer anyway */ }
+            uint64_t t = now_ns();
+            q->deadline = t + q->rto;
+            E->active_until = t + ACTIVE_NS;
+            /* The engine thread sleeps until E->sleep_until: wake it for an
+             * earlier deadline. While QPs are active it sleeps at most
+             * RTO_MIN_NS, so a post_send needs no system call for this. */
+            if (!tl_engine && q->deadline < E->sleep_until) {
+                uint64_t one = 1;
+                if (write(E->evfd, &one, 8) < 0) { /* the thread wakes up on its idle timer anyway */ }
+            }
         }
     } else q->deadline = 0;
 }
@@ -484,7 +527,7 @@ static void on_acked(qp_t *q, uint32_t n) {
     if (q->cwnd > MAX_INFLIGHT) q->cwnd = MAX_INFLIGHT;
 }
 static void progress_made(Engine *E, qp_t *q) {
-    q->retries_left = q->retry_cnt; q->rnr_left = q->rnr_retry; q->deadline = 0; arm(E, q);
+    q->retries_left = q->retry_cnt; q->rnr_left = q->rnr_retry; q->rto = rto_of(q); q->deadline = 0; arm(E, q);
 }
 
 static int data_opcode(const wqe_t *w, uint32_t k) {
@@ -495,11 +538,18 @@ static int data_opcode(const wqe_t *w, uint32_t k) {
     return send ? SEND_MIDDLE : WRITE_MIDDLE;
 }
 
-static void xmit_data(Engine *E, qp_t *q, wqe_t *w, uint32_t k, int ack) {
+/* Whether packet k of w asks for an ACK: every ACK_EVERY packets, a message's
+ * last, the window's last and the one half way into it (so that one lost ACK
+ * does not stall a window, and the window slides). */
+static int ack_wanted(const qp_t *q, const wqe_t *w, uint32_t k) {
+    int32_t pos = psn_diff(psn_add(w->first_psn, k), q->snd_una) + 1;
+    return k == w->npkts - 1 || k % ACK_EVERY == ACK_EVERY - 1 || pos >= (int32_t)q->cwnd || pos == (int32_t)q->cwnd / 2;
+}
+
+static void xmit_data(Engine *E, qp_t *q, wqe_t *w, uint32_t k) {
     uint8_t *b = E->txbuf;
     int op = data_opcode(w, k);
-    int last = k == w->npkts - 1;
-    bth(b, op, q->dqpn, psn_add(w->first_psn, k), ack || last || (k % ACK_EVERY == ACK_EVERY - 1), 0);
+    bth(b, op, q->dqpn, psn_add(w->first_psn, k), ack_wanted(q, w, k), 0);
     size_t hl = BTH_LEN;
     if (has_reth(op)) { wr64(b + hl, w->raddr); wr32(b + hl + 8, w->rkey); wr32(b + hl + 12, (uint32_t)w->length); hl += 16; }
     if (has_imm(op)) { wr32(b + hl, w->imm); hl += 4; }
@@ -511,13 +561,13 @@ static void xmit_data(Engine *E, qp_t *q, wqe_t *w, uint32_t k, int ack) {
 }
 
 /* MIDDLE packets k..k+m-1 of a SEND/WRITE in one burst. */
-static void xmit_middles(Engine *E, qp_t *q, wqe_t *w, uint32_t k, int m, int ack_last) {
+static void xmit_middles(Engine *E, qp_t *q, wqe_t *w, uint32_t k, int m) {
     int op = (w->op == WR_SEND || w->op == WR_SEND_IMM) ? SEND_MIDDLE : WRITE_MIDDLE;
     size_t seglen = BTH_LEN + q->mtu + 4;
     for (int i = 0; i < m; i++) {
         uint8_t *b = E->txbuf + (size_t)i * seglen;
         uint32_t j = k + (uint32_t)i;
-        bth(b, op, q->dqpn, psn_add(w->first_psn, j), (j % ACK_EVERY == ACK_EVERY - 1) || (ack_last && i == m - 1), 0);
+        bth(b, op, q->dqpn, psn_add(w->first_psn, j), ack_wanted(q, w, j), 0);
         gather_copy(w, (uint64_t)j * q->mtu, b + BTH_LEN, q->mtu);
         finish(E, q, b, BTH_LEN, q->mtu, (uint16_t)i);
     }
@@ -535,6 +585,10 @@ static void pump(Engine *E, qp_t *q) {
     while ((uint32_t)i < q->sq_n) {
         wqe_t *w = sq_at(q, (uint32_t)i);
         uint32_t k = (uint32_t)psn_diff(q->snd_nxt, w->first_psn);
+        if (psn_diff(q->snd_nxt, q->snd_max) > 0) q->snd_max = q->snd_nxt;
+        if (!q->probe_valid && q->snd_nxt == q->snd_max) { /* new data (Karn: never time a resend) */
+            q->probe_valid = 1; q->probe_psn = q->snd_nxt; q->probe_t = now_ns();
+        }
         if (w->op == WR_READ) {
             if ((reads >= q->max_rd_atomic || read_bytes >= READ_INFLIGHT_BYTES) && i > 0) break;
             uint64_t off = (uint64_t)k * q->mtu, len = w->length - off;
@@ -562,11 +616,12 @@ static void pump(Engine *E, qp_t *q) {
         if (m > room) m = room;
         if (m > GSO_MAX_SEGS) m = GSO_MAX_SEGS;
         if (m > cap) m = cap;
-        if (k > 0 && m >= 2) { xmit_middles(E, q, w, k, m, m == room); q->snd_nxt = psn_add(q->snd_nxt, m); continue; }
-        xmit_data(E, q, w, k, room == 1); /* the window's last packet asks for an ACK */
+        if (k > 0 && m >= 2) { xmit_middles(E, q, w, k, m); q->snd_nxt = psn_add(q->snd_nxt, m); continue; }
+        xmit_data(E, q, w, k);
         q->snd_nxt = psn_add(q->snd_nxt, 1);
         if (k + 1 >= w->npkts) i++;
     }
+    if (psn_diff(q->snd_nxt, q->snd_max) > 0) q->snd_max = q->snd_nxt;
     arm(E, q);
 }
 
@@ -574,6 +629,7 @@ static void go_back(Engine *E, qp_t *q, uint32_t psn) {
     E->stats[ST_RETRANS]++;
     q->snd_nxt = psn;
     q->read_retry_valid = 0;
+    q->probe_valid = 0;
     pump(E, q);
 }
 
@@ -599,13 +655,18 @@ static void on_timer(Engine *E, qp_t *q) {
     q->deadline = 0;
     if (!q->sq_n || q->state != QPS_RTS) return;
     if (q->rnr_wait) { q->rnr_wait = 0; go_back(E, q, q->snd_una); return; }
-    if (q->retries_left <= 0) {
-        complete_send(E, q, sq_at(q, 0), WC_RETRY_EXC_ERR, 1);
-        sq_pop_front(q);
-        to_error(E, q);
-        return;
+    if (q->rto < q->timeout_ns) { /* the RTT-based timer: back off, no retry spent */
+        q->rto = 2 * q->rto < q->timeout_ns ? 2 * q->rto : q->timeout_ns;
+        E->stats[ST_EARLY_TIMEOUTS]++;
+    } else {
+        if (q->retries_left <= 0) {
+            complete_send(E, q, sq_at(q, 0), WC_RETRY_EXC_ERR, 1);
+            sq_pop_front(q);
+            to_error(E, q);
+            return;
+        }
+        q->retries_left--;
     }
-    q->retries_left--;
     E->stats[ST_TIMEOUTS]++;
     on_loss(q);
     go_back(E, q, q->snd_una);
@@ -622,6 +683,7 @@ static void on_response(Engine *E, qp_t *q, int op, uint32_t psn, const uint8_t 
         if ((syn >> 5) == 0) {
             if (psn_diff(psn, q->snd_una) >= 0) {
                 uint32_t before = q->snd_una;
+                rtt_check(q, psn);
                 ack_upto(E, q, psn);
                 on_acked(q, (uint32_t)psn_diff(q->snd_una, before));
                 progress_made(E, q);
@@ -629,6 +691,10 @@ static void on_response(Engine *E, qp_t *q, int op, uint32_t psn, const uint8_t 
             }
             return;
         }
+        /* A NAK names the first PSN the responder has not executed: one before
+         * what it acknowledged already (a late duplicate) or past what we ever
+         * sent is stale, and acting on it would rewind to a completed WQE. */
+        if (psn_diff(psn, q->snd_una) < 0 || psn_diff(psn, q->snd_max) > 0) { E->stats[ST_NAKS_IGNORED]++; return; }
         if ((syn >> 5) == 1) { /* RNR NAK: no receive posted at the responder; retry later */
             ack_upto(E, q, psn_add(psn, -1));
             if (q->rnr_retry != 7 && --q->rnr_left < 0) {
@@ -646,6 +712,13 @@ static void on_response(Engine *E, qp_t *q, int op, uint32_t psn, const uint8_t 
         ack_upto(E, q, psn_add(psn, -1));
         if (syn == SYN_NAK_PSN_SEQ) { /* fast retransmit from the PSN the responder expects */
             E->stats[ST_SEQ_NAKS]++;
+            /* Once per loss: the same NAK within a round trip of acting on it
+             * (a duplicate, or the responder's repeat for packets sent before
+             * our resend reached it) would resend the same window again. A
+             * repeat after that means the resend was lost too. */
+            uint64_t t = now_ns(), rtt = q->srtt ? q->srtt : RTO_VAR_MIN_NS;
+            if (q->nak_valid && q->nak_psn == psn && t - q->nak_t < rtt) { E->stats[ST_NAKS_IGNORED]++; return; }
+            q->nak_valid = 1; q->nak_psn = psn; q->nak_t = t;
             on_loss(q);
             q->snd_una = psn;
             progress_made(E, q);
@@ -695,8 +768,10 @@ static void on_response(Engine *E, qp_t *q, int op, uint32_t psn, const uint8_t 
     w->got += dl;
     q->snd_una = psn_add(psn, 1);
     on_acked(q, 1);
+    rtt_check(q, psn);
     q->retries_left = q->retry_cnt; /* forward progress: the timer restarts (no wake-up needed) */
-    if (q->deadline) q->deadline = now_ns() + q->timeout_ns;
+    q->rto = rto_of(q);
+    if (q->deadline) q->deadline = now_ns() + q->rto;
     if (lastop && w->got < w->length && dl == q->mtu) {
         /* the end of a window-sized chunk (ours: ask for the next one), or of
          * an earlier request that a retry overlaps (just data) */
@@ -853,7 +928,8 @@ static void on_request(Engine *E, qp_t *q, int op, uint32_t psn, const uint8_t *
     int32_t d = psn_diff(psn, q->epsn);
     if (d > 0) { /* a gap: NAK once with the PSN we expect (go-back-N) */
         E->stats[ST_RX_OOO]++;
-        if (!q->nak_sent) { q->nak_sent = 1; send_nak(E, q, q->epsn, SYN_NAK_PSN_SEQ); }
+        /* again for a packet that asks for an ACK: the first NAK may be lost */
+        if (!q->nak_sent || ackreq) { q->nak_sent = 1; send_nak(E, q, q->epsn, SYN_NAK_PSN_SEQ); }
         return;
     }
     if (d < 0) { /* duplicate: re-ACK, and serve READs again (they are idempotent) */
@@ -995,13 +1071,17 @@ static int rx_batch(Engine *E) {
 
 static void *engine_main(void *arg) {
     Engine *E = arg;
+    tl_engine = 1;
     struct pollfd pf[2] = {{E->fd, POLLIN, 0}, {E->evfd, POLLIN, 0}};
     while (!__atomic_load_n(&E->closing, __ATOMIC_ACQUIRE)) {
         pthread_mutex_lock(&E->mu);
-        uint64_t wait = next_deadline(E);
-        pthread_mutex_unlock(&E->mu);
+        uint64_t wait = next_deadline(E), t = now_ns();
         int busy = __atomic_load_n(&E->busy_pollers, __ATOMIC_RELAXED);
-        if (busy && wait > 2000000) wait = 2000000; /* a busy poller receives; we keep the timers */
+        /* a busy poller receives (we keep the timers); recently armed timers
+         * mean more may come without a wake-up (see arm) */
+        if ((busy || t < E->active_until) && wait > RTO_MIN_NS) wait = RTO_MIN_NS;
+        E->sleep_until = t + wait;
+        pthread_mutex_unlock(&E->mu);
         int ms = (int)((wait + 999999) / 1000000);
         poll(busy ? pf + 1 : pf, busy ? 1 : 2, ms);
         if (pf[1].revents & POLLIN) { uint64_t v; if (read(E->evfd, &v, 8) < 0) { /* empty */ } }
@@ -1211,6 +1291,7 @@ static PyObject *Engine_qp_create(Engine *E, PyObject *args) {
     q->mtu = 1024; q->retry_cnt = q->retries_left = 7; q->rnr_retry = q->rnr_left = 7;
     q->timeout_ns = 67000000ull; q->max_rd_atomic = 4;
     q->cwnd = q->ssthresh = MAX_INFLIGHT;
+    q->rto = rto_of(q);
     q->used = 1;
     pthread_mutex_unlock(&E->mu);
     Py_RETURN_NONE;
@@ -1225,6 +1306,8 @@ static void qp_reset_transport(Engine *E, qp_t *q) {
     q->snd_nxt = q->snd_una = q->next_psn = q->epsn = q->msn = 0;
     q->deadline = 0; q->nak_sent = 0; q->rnr_wait = 0; q->read_retry_valid = 0;
     q->cwnd = q->ssthresh = MAX_INFLIGHT;
+    q->srtt = q->rttvar = 0; q->probe_valid = q->nak_valid = 0; q->snd_max = 0;
+    q->rto = rto_of(q);
     (void)E;
 }
 
@@ -1265,10 +1348,11 @@ static PyObject *Engine_qp_modify(Engine *E, PyObject *args, PyObject *kw) {
             if (access) q->access = access;
         }
         if (state == QPS_RTS && q->state == QPS_RTR) {
-            q->snd_nxt = q->snd_una = q->next_psn = sq_psn & PSN_MASK;
+            q->snd_nxt = q->snd_una = q->next_psn = q->snd_max = sq_psn & PSN_MASK;
             if (retry >= 0) q->retry_cnt = q->retries_left = retry;
             if (rnr >= 0) q->rnr_retry = q->rnr_left = rnr;
             if (tmo) q->timeout_ns = tmo;
+            q->rto = rto_of(q);
             if (rd > 0) q->max_rd_atomic = rd;
         }
         q->state = state;
@@ -1285,7 +1369,7 @@ static PyObject *Engine_qp_set(Engine *E, PyObject *args) {
     if (!PyArg_ParseTuple(args, "IKi", &qpn, &tmo, &retry)) return NULL;
     pthread_mutex_lock(&E->mu);
     qp_t *q = find_qp(E, qpn);
-    if (q) { if (tmo) q->timeout_ns = tmo; if (retry >= 0) q->retry_cnt = q->retries_left = retry; }
+    if (q) { if (tmo) q->timeout_ns = tmo; if (retry >= 0) q->retry_cnt = q->retries_left = retry; q->rto = rto_of(q); }
     pthread_mutex_unlock(&E->mu);
     if (!q) return no_qp(qpn);
     Py_RETURN_NONE;
@@ -1297,11 +1381,12 @@ static PyObject *Engine_qp_query(Engine *E, PyObject *args) {
     pthread_mutex_lock(&E->mu);
     qp_t *q = find_qp(E, qpn);
     unsigned int st = q ? q->state : 0, np = q ? q->next_psn : 0, ep = q ? q->epsn : 0, sq = q ? q->sq_n : 0;
-    unsigned long long tmo = q ? q->timeout_ns : 0;
-    int rc = q ? q->retry_cnt : 0;
+    unsigned long long tmo = q ? q->timeout_ns : 0, rto = q ? q->rto : 0, srtt = q ? q->srtt : 0;
+    int rc = q ? q->retry_cnt : 0, left = q ? q->retries_left : 0;
+    unsigned int cwnd = q ? q->cwnd : 0;
     pthread_mutex_unlock(&E->mu);
     if (!q) return no_qp(qpn);
-    return Py_BuildValue("{sIsIsIsIsKsi}", "qp_state", st, "sq_psn", np, "rq_psn", ep, "sq_outstanding", sq, "timeout_ns", tmo, "retry_cnt", rc);
+    return Py_BuildValue("{sIsIsIsIsKsisKsKsisI}", "qp_state", st, "sq_psn", np, "rq_psn", ep, "sq_outstanding", sq, "timeout_ns", tmo, "retry_cnt", rc, "rto_ns", rto, "srtt_ns", srtt, "retries_left", left, "cwnd", cwnd);
 }
 
 /* Resolve [(addr, length, lkey), ...] into a WQE's SGEs; 0 on a protection error. */

@@ -300,6 +300,7 @@ typedef struct {
     uint64_t sleep_until;  /* when the engine thread's poll() times out (lock held to change) */
     uint64_t active_until; /* a timer was armed lately: the thread wakes every RTO_MIN_NS until then */
     int busy_pollers;
+    int socket_unwatched; /* the engine thread sleeps on the eventfd only (a busy poller receives) */
     mr_t **mrs; int n_mrs, cap_mrs; /* stable pointers: WQEs refer to them */
     qp_t *qps; int cap_qps;
     cq_t *cqs; int cap_cqs;
@@ -655,7 +656,10 @@ static void on_timer(Engine *E, qp_t *q) {
     q->deadline = 0;
     if (!q->sq_n || q->state != QPS_RTS) return;
     if (q->rnr_wait) { q->rnr_wait = 0; go_back(E, q, q->snd_una); return; }
-    if (q->rto < q->timeout_ns) { /* the RTT-based timer: back off, no retry spent */
+    if (q->rto < q->timeout_ns) {
+        /* The RTT-based timer: back off, no retry spent, and the window stays
+         * (on a loaded machine it fires spuriously when a peer's thread waits
+         * for a CPU; a real tail loss costs one resend either way). */
         q->rto = 2 * q->rto < q->timeout_ns ? 2 * q->rto : q->timeout_ns;
         E->stats[ST_EARLY_TIMEOUTS]++;
     } else {
@@ -666,9 +670,9 @@ static void on_timer(Engine *E, qp_t *q) {
             return;
         }
         q->retries_left--;
+        on_loss(q);
     }
     E->stats[ST_TIMEOUTS]++;
-    on_loss(q);
     go_back(E, q, q->snd_una);
 }
 
@@ -1083,7 +1087,9 @@ static void *engine_main(void *arg) {
         E->sleep_until = t + wait;
         pthread_mutex_unlock(&E->mu);
         int ms = (int)((wait + 999999) / 1000000);
+        __atomic_store_n(&E->socket_unwatched, busy, __ATOMIC_RELAXED);
         poll(busy ? pf + 1 : pf, busy ? 1 : 2, ms);
+        __atomic_store_n(&E->socket_unwatched, 0, __ATOMIC_RELAXED);
         if (pf[1].revents & POLLIN) { uint64_t v; if (read(E->evfd, &v, 8) < 0) { /* empty */ } }
         if (__atomic_load_n(&E->closing, __ATOMIC_ACQUIRE)) break;
         pthread_mutex_lock(&E->mu);
@@ -1256,6 +1262,10 @@ static PyObject *Engine_cq_wait(Engine *E, PyObject *args) {
     if (cqi < 0 || cqi >= E->cap_cqs || !E->cqs[cqi].used) return err("bad CQ");
     cq_t *c = &E->cqs[cqi];
     Py_BEGIN_ALLOW_THREADS
+    if (__atomic_load_n(&E->socket_unwatched, __ATOMIC_RELAXED) && !__atomic_load_n(&E->busy_pollers, __ATOMIC_RELAXED)) {
+        uint64_t one = 1; /* we block: the engine thread must receive again */
+        if (write(E->evfd, &one, 8) < 0) { /* it looks again within RTO_MIN_NS */ }
+    }
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     uint64_t ns = (uint64_t)ts.tv_nsec + (uint64_t)(timeout * 1e9);
@@ -1503,8 +1513,10 @@ static PyObject *Engine_progress(Engine *E, PyObject *unused) {
 static PyObject *Engine_busy(Engine *E, PyObject *args) {
     int d;
     if (!PyArg_ParseTuple(args, "i", &d)) return NULL;
+    /* No wake-up when the last busy poller leaves (a system call in every
+     * completion wait): the engine thread looks again within RTO_MIN_NS, and
+     * cq_wait wakes it when a thread is about to block. */
     __atomic_add_fetch(&E->busy_pollers, d, __ATOMIC_RELAXED);
-    if (d < 0) { uint64_t one = 1; if (write(E->evfd, &one, 8) < 0) { /* ok */ } }
     Py_RETURN_NONE;
 }
 

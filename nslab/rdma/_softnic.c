@@ -1280,6 +1280,39 @@ static PyObject *Engine_cq_wait(Engine *E, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* cq_spin(cq, seen_prod, budget_s) -> bool: busy-poll (GIL released) until
+ * the ring's producer index passes seen_prod, for at most budget_s. This
+ * thread receives and runs the timers meanwhile (the engine thread leaves the
+ * socket to it), so a completion costs no wake-up; the loop itself makes no
+ * system call but the non-blocking receive. False: the budget ran out. */
+static PyObject *Engine_cq_spin(Engine *E, PyObject *args) {
+    int cqi;
+    unsigned long long seen;
+    double budget;
+    if (!PyArg_ParseTuple(args, "iKd", &cqi, &seen, &budget)) return NULL;
+    if (cqi < 0 || cqi >= E->cap_cqs || !E->cqs[cqi].used) return err("bad CQ");
+    cq_t *c = &E->cqs[cqi];
+    int got = 0;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&E->mu);
+    c->waiters++; /* cq_destroy leaves a CQ that someone waits on */
+    pthread_mutex_unlock(&E->mu);
+    __atomic_add_fetch(&E->busy_pollers, 1, __ATOMIC_RELAXED);
+    uint64_t end = now_ns() + (uint64_t)(budget > 0 ? budget * 1e9 : 0);
+    for (unsigned n = 0; !__atomic_load_n(&E->closing, __ATOMIC_ACQUIRE); n++) {
+        if (__atomic_load_n((uint64_t *)c->ring, __ATOMIC_ACQUIRE) > seen) { got = 1; break; }
+        if (pthread_mutex_trylock(&E->mu) == 0) { rx_batch(E); timers(E); pthread_mutex_unlock(&E->mu); }
+        if (__atomic_load_n((uint64_t *)c->ring, __ATOMIC_ACQUIRE) > seen) { got = 1; break; }
+        if ((n & 15) == 15 && now_ns() >= end) break;
+    }
+    __atomic_sub_fetch(&E->busy_pollers, 1, __ATOMIC_RELAXED);
+    pthread_mutex_lock(&E->mu);
+    c->waiters--;
+    pthread_mutex_unlock(&E->mu);
+    Py_END_ALLOW_THREADS
+    return PyBool_FromLong(got);
+}
+
 static PyObject *no_qp(unsigned int qpn) { return PyErr_Format(PyExc_ValueError, "no QP %#x on this context", qpn); }
 
 /* qp_create(qpn, pd, scq, rcq, max_send_wr, max_recv_wr, sq_sig_all) */
@@ -1582,6 +1615,7 @@ static PyMethodDef Engine_methods[] = {
     {"cq_create", (PyCFunction)Engine_cq_create, METH_VARARGS, "a completion ring in a buffer"},
     {"cq_destroy", (PyCFunction)Engine_cq_destroy, METH_VARARGS, ""},
     {"cq_wait", (PyCFunction)Engine_cq_wait, METH_VARARGS, "sleep until a completion"},
+    {"cq_spin", (PyCFunction)Engine_cq_spin, METH_VARARGS, "busy-poll until a completion, within a budget"},
     {"qp_create", (PyCFunction)Engine_qp_create, METH_VARARGS, ""},
     {"qp_destroy", (PyCFunction)Engine_qp_destroy, METH_VARARGS, ""},
     {"qp_modify", (PyCFunction)(void (*)(void))Engine_qp_modify, METH_VARARGS | METH_KEYWORDS, ""},

@@ -10,7 +10,10 @@ the requester here (in namespace A), side by side in the same run:
   - 64-byte RDMA WRITE and READ latency (post -> completion, one at a time),
   - 1 MiB RDMA READ and WRITE bandwidth (one operation at a time),
     at path MTU 1024 and 4096 (jumbo link),
-  - the same work done by a TCP server in Python (op, offset, length [+ data]),
+  - the same work done by a TCP server in Python (op, offset, length [+ data]);
+    its 64-byte latency samples are taken in chunks that alternate with the
+    RDMA ones, between the 1 MiB operations, so that a run's p50 and the
+    ratio cover the whole run and see the same load of a shared machine,
   - kernel TCP throughput with iperf3 (1 s) on the same veth,
   - the responder application's CPU time (getrusage of its main thread: the
     data path runs in the provider's thread, not the application's).
@@ -105,7 +108,33 @@ def serve_tcp(addr: str) -> None:
 
 
 # ----------------------------------------------------------------- requester (namespace A)
-def soft_run(pair, mtu: int, iters: int, mb: int, native: bool = True) -> dict:
+class TcpClient:
+    """The Python TCP request/response peer of serve_tcp."""
+
+    def __init__(self, pair):
+        with netns(pair.a):
+            self.s = socket.create_connection((pair.b_ip, TCP_PORT), timeout=10)
+        self.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.mv = memoryview(bytearray(1 << 20))
+
+    def one(self, op: bytes, size: int) -> float:
+        s, mv = self.s, self.mv
+        t0 = time.perf_counter()
+        if op == b"W":
+            s.sendall(REQ.pack(op, 0, size) + bytes(mv[:size]) if size <= 4096 else REQ.pack(op, 0, size))  # fmt: skip
+            if size > 4096:
+                s.sendall(mv[:size])
+            _recv_exact(s, 1, mv)
+        else:
+            s.sendall(REQ.pack(op, 0, size))
+            _recv_exact(s, size, mv)
+        return time.perf_counter() - t0
+
+    def close(self) -> None:
+        self.s.close()
+
+
+def soft_run(pair, mtu: int, iters: int, mb: int, native: bool = True, tcp: TcpClient | None = None) -> dict:  # fmt: skip
     with netns(pair.a):
         ctx = v.Context("bench-cli", addr=pair.a_ip, native=native)
         pd = v.PD(ctx)
@@ -127,12 +156,25 @@ def soft_run(pair, mtu: int, iters: int, mb: int, native: bool = True) -> dict:
             return dt
 
         for name, op in (("write", e.IBV_WR_RDMA_WRITE), ("read", e.IBV_WR_RDMA_READ)):
+            tcp_op = b"W" if name == "write" else b"R"
             for _ in range(50):
                 one(op, 64, True)  # warm up
-            lat = sorted(one(op, 64, True) * 1e6 for _ in range(iters))
-            out[f"{name}64_p50_us"] = statistics.median(lat)
-            out[f"{name}64_p99_us"] = lat[int(0.99 * len(lat))]
-            t = [one(op, 1 << 20, False) for _ in range(mb)]
+                if tcp:
+                    tcp.one(tcp_op, 64)
+            lat: list[float] = []
+            tlat: list[float] = []
+            t = []
+            chunk = max(1, iters // mb)
+            for _ in range(mb):  # latency chunks between the 1 MiB operations
+                t.append(one(op, 1 << 20, False))
+                lat += [one(op, 64, True) * 1e6 for _ in range(chunk)]
+                if tcp:  # a chunk of its own: not behind the RDMA responder's spinning
+                    tlat += [tcp.one(tcp_op, 64) * 1e6 for _ in range(chunk)]
+            for key, xs in (("", lat), ("tcp_", tlat)):
+                if xs:
+                    xs.sort()
+                    out[f"{key}{name}64_p50_us"] = statistics.median(xs)
+                    out[f"{key}{name}64_p99_us"] = xs[int(0.99 * len(xs))]
             out[f"{name}1m_gbps"] = 8 * (1 << 20) * mb / sum(t) / 1e9
         out["stats"] = dict(ctx.stats)
     finally:
@@ -141,37 +183,11 @@ def soft_run(pair, mtu: int, iters: int, mb: int, native: bool = True) -> dict:
     return out
 
 
-def tcp_run(pair, iters: int, mb: int) -> dict:
-    with netns(pair.a):
-        s = socket.create_connection((pair.b_ip, TCP_PORT), timeout=10)
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    buf = bytearray(1 << 20)
-    mv = memoryview(buf)
+def tcp_bandwidth(tcp: TcpClient, mb: int) -> dict:
     out: dict = {}
-
-    def one(op: bytes, size: int) -> float:
-        t0 = time.perf_counter()
-        if op == b"W":
-            s.sendall(REQ.pack(op, 0, size) + bytes(mv[:size]) if size <= 4096 else REQ.pack(op, 0, size))  # fmt: skip
-            if size > 4096:
-                s.sendall(mv[:size])
-            _recv_exact(s, 1, mv)
-        else:
-            s.sendall(REQ.pack(op, 0, size))
-            _recv_exact(s, size, mv)
-        return time.perf_counter() - t0
-
-    try:
-        for name, op in (("write", b"W"), ("read", b"R")):
-            for _ in range(50):
-                one(op, 64)
-            lat = sorted(one(op, 64) * 1e6 for _ in range(iters))
-            out[f"{name}64_p50_us"] = statistics.median(lat)
-            out[f"{name}64_p99_us"] = lat[int(0.99 * len(lat))]
-            t = [one(op, 1 << 20) for _ in range(mb)]
-            out[f"{name}1m_gbps"] = 8 * (1 << 20) * mb / sum(t) / 1e9
-    finally:
-        s.close()
+    for name, op in (("write", b"W"), ("read", b"R")):
+        t = [tcp.one(op, 1 << 20) for _ in range(mb)]
+        out[f"{name}1m_gbps"] = 8 * (1 << 20) * mb / sum(t) / 1e9
     return out
 
 
@@ -232,6 +248,7 @@ def fault_run(native: bool, mb: int) -> dict:
                     raise RuntimeError(f"{name}: 64 B write failed")
             out[name] = time.perf_counter() - t0
             out[name + "_retransmits"] = ctx.stats["retransmits"]
+            out[name + "_timeouts"] = ctx.stats["timeouts"]
             ep.close()
             ctx.close()
         finally:
@@ -280,15 +297,22 @@ def main() -> int:
         time.sleep(1.5)
         print(f"# soft RoCEv2 ({args.datapath} data path) vs TCP between namespaces {pair.a} and {pair.b} ({os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}), {args.runs} runs", flush=True)  # fmt: skip
         for i in range(args.runs):
-            res = {"soft1024": soft_run(pair, 1024, args.iters, args.mb, nat)}
-            res["cpu1024"] = json.loads(procs[0].stdout.readline())
-            res["soft4096"] = soft_run(pair, 4096, args.iters, args.mb, nat)
-            res["cpu4096"] = json.loads(procs[0].stdout.readline())
-            res["tcp"] = tcp_run(pair, args.iters, args.mb)
+            tcp = TcpClient(pair)
+            try:
+                res = {"soft1024": soft_run(pair, 1024, args.iters, args.mb, nat, tcp)}
+                res["cpu1024"] = json.loads(procs[0].stdout.readline())
+                res["soft4096"] = soft_run(pair, 4096, args.iters, args.mb, nat, tcp)
+                res["cpu4096"] = json.loads(procs[0].stdout.readline())
+                s = res["soft4096"]
+                # the TCP RPC's latency: its samples interleaved with the MTU 4096 run's
+                res["tcp"] = {k[4:]: v for k, v in s.items() if k.startswith("tcp_")}
+                res["tcp"].update(tcp_bandwidth(tcp, args.mb))
+            finally:
+                tcp.close()
             res["iperf_gbps"] = iperf_gbps(pair)
+            res["load"] = os.getloadavg()[0]
             runs.append(res)
-            s = res["soft4096"]
-            print(f"run {i + 1}: write64 p50 {s['write64_p50_us']:.1f} us, read 1 MiB {s['read1m_gbps']:.2f} Gbit/s, tcp write64 p50 {res['tcp']['write64_p50_us']:.1f} us, iperf3 {res['iperf_gbps']:.2f} Gbit/s, responder app CPU {res['cpu4096']['app_cpu_ms']:.1f} ms of {res['cpu4096']['process_cpu_ms']:.0f} ms, requester timeouts {s['stats'].get('timeouts', 0)} (a 67 ms timeout costs as much as ~30 MiB at 4 Gbit/s)", flush=True)  # fmt: skip
+            print(f"run {i + 1} (load {res['load']:.1f}): write64 p50 {s['write64_p50_us']:.1f} us, read 1 MiB {s['read1m_gbps']:.2f} Gbit/s, tcp write64 p50 {res['tcp']['write64_p50_us']:.1f} us, iperf3 {res['iperf_gbps']:.2f} Gbit/s, responder app CPU {res['cpu4096']['app_cpu_ms']:.1f} ms of {res['cpu4096']['process_cpu_ms']:.0f} ms, requester timeouts {s['stats'].get('timeouts', 0)}", flush=True)  # fmt: skip
     finally:
         for p in procs:
             p.kill()
@@ -306,11 +330,12 @@ def main() -> int:
     for label, key in rows:
         print(f"{label:<26}" + "".join(f"{_mmm([r[k][key] for r in runs]):>30}" for k in ("soft1024", "soft4096", "tcp")))  # fmt: skip
     print(f"{'iperf3 [Gbit/s]':<26}{_mmm([r['iperf_gbps'] for r in runs]):>90}")
+    print(f"{'load average (1 min)':<26}{_mmm([r['load'] for r in runs]):>90}")
     print(f"{'responder app CPU [ms]':<26}{_mmm([r['cpu1024']['app_cpu_ms'] for r in runs]):>30}{_mmm([r['cpu4096']['app_cpu_ms'] for r in runs]):>30}")  # fmt: skip
     print("targets: 64 B WRITE p50 <= 10 us and <= 0.5x TCP; spread <= 1.5; 1 MiB READ >= 5 Gbit/s and >= 0.5x iperf3; hardware RoCE ~1 us")  # fmt: skip
     if args.faults:
         f = fault_run(nat, args.mb)
-        print(f"faults (5 % drop, 2 % dup, 2 % reorder): clean {f['clean']:.2f} s, faulty {f['faulty']:.2f} s ({f['faulty_retransmits']} retransmits): faulty/clean = {f['ratio']:.2f} (target <= 5)")  # fmt: skip
+        print(f"faults (5 % drop, 2 % dup, 2 % reorder; load {os.getloadavg()[0]:.1f}): clean {f['clean']:.2f} s, faulty {f['faulty']:.2f} s ({f['faulty_retransmits']} retransmits, {f['faulty_timeouts']} timeouts): faulty/clean = {f['ratio']:.2f} (target <= 5)")  # fmt: skip
 
     def line(k: str) -> str:
         w50 = [r[k]["write64_p50_us"] for r in runs]

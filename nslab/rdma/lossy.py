@@ -46,7 +46,8 @@ def run(if1: str, if2: str, drop: float, dup: float, reorder: float, seed: int, 
     signal.signal(signal.SIGTERM, lambda *a: stop.__setitem__(0, True))
     end = time.monotonic() + seconds
     while not stop[0] and time.monotonic() < end:
-        ready, _, _ = select.select(list(other), [], [], 0.05)
+        # a held frame waits for the next one at most 1 ms: reordering, not a 50 ms delay
+        ready, _, _ = select.select(list(other), [], [], 0.001 if held else 0.05)
         for s in ready:
             try:
                 frame, addr = s.recvfrom(65535)

@@ -48,6 +48,7 @@ except ImportError as exc:  # not built: no compiler at install time, or a Pytho
     BUILD_ERROR = f"{type(exc).__name__}: {exc}"
 
 _ENTRY = struct.Struct("<Q7I")
+SPIN_S = 0.005  # poll_wait(busy=True) spins this long, then blocks
 _U64 = struct.Struct("<Q")
 _OPS = (e.IBV_WR_SEND, e.IBV_WR_SEND_WITH_IMM, e.IBV_WR_RDMA_WRITE, e.IBV_WR_RDMA_WRITE_WITH_IMM, e.IBV_WR_RDMA_READ)  # fmt: skip
 
@@ -210,32 +211,25 @@ class CQ(soft.CQ):
         return len(out), out
 
     def poll_wait(self, num_entries: int = 1, timeout: float = 5.0, busy: bool = False) -> list[WC]:
+        """Wait for completions. busy=True spins (in C, without the GIL,
+        receiving in this thread: no wake-up on the way) for up to SPIN_S,
+        then blocks like busy=False does (a bounded spin: on a shared
+        machine a long spin takes the CPU the peer needs)."""
         out: list[WC] = []
         end = time.monotonic() + timeout
         eng = self.ctx.engine
-        if busy:
-            eng.busy(1)
-        try:
-            n = 0
-            while True:
-                out += self.poll(num_entries - len(out))[1]
-                if len(out) >= num_entries:
-                    return out
-                if busy:
-                    if not eng.progress():
-                        n += 1
-                        if n & 63 == 0 and time.monotonic() > end:
-                            return out
-                    continue
-                left = end - time.monotonic()
-                if left <= 0:
-                    return out
-                eng.cq_wait(
-                    self.idx, self._cons, min(left, 0.05)
-                )  # sleeps until the ring passes _cons
-        finally:
-            if busy:
-                eng.busy(-1)
+        spin = busy
+        while True:
+            out += self.poll(num_entries - len(out))[1]
+            if len(out) >= num_entries:
+                return out
+            left = end - time.monotonic()
+            if left <= 0:
+                return out
+            if spin:
+                spin = eng.cq_spin(self.idx, self._cons, min(left, SPIN_S))
+                continue
+            eng.cq_wait(self.idx, self._cons, min(left, 0.05))  # sleeps until the ring passes _cons
 
     def close(self) -> None:
         if not self.ctx._closed and getattr(self, "idx", None) is not None:

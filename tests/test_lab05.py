@@ -169,3 +169,37 @@ def test_hostile_submissions_gain_nothing(tmp_path):
     curve = next(t for t in doc["tests"] if t["name"].startswith("curve.csv"))
     assert curve["status"] != "passed", curve  # the forged flat curve has the wrong shape
     assert not _survivors([m1, m2]), _survivors([m1, m2])
+
+
+@pytest.mark.root
+def test_lab_start_runs_the_engine_for_step_2_and_stop_ends_it(tmp_path):
+    """`sudo nslab lab start 05-llm-serving`: the engine of the guide's step 2
+    on port 8050; `nslab bench serve` measures it; `lab stop` ends it."""
+    import socket
+
+    from nslab import cgroup
+
+    if os.geteuid() != 0:
+        pytest.skip("lab start needs root")
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", 8050)) == 0:
+            pytest.skip("port 8050 is in use here")
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "nslab", *args], capture_output=True,
+                              text=True, timeout=180, cwd=tmp_path)  # fmt: skip
+
+    up = cli("lab", "start", LAB)
+    try:
+        assert up.returncode == 0, up.stderr
+        bench = cli("bench", "serve", "--port", "8050", "--random-input-len", "96",
+                    "--random-output-len", "4", "--num-prompts", "3", "--max-concurrency", "1",
+                    "--ignore-eos")  # fmt: skip
+        assert bench.returncode == 0, bench.stderr
+        assert "Successful requests:                    3" in bench.stdout, bench.stdout
+    finally:
+        down = cli("lab", "stop", LAB)
+    assert down.returncode == 0, down.stderr
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", 8050)) != 0, "the engine outlived `lab stop`"
+    assert "lab5" not in cgroup.labs()

@@ -123,11 +123,13 @@ def _survivors(marks: list[str]) -> list[str]:
     return out
 
 
-def _submission(tmp_path: Path, name: str, scheduler: str, retrieval: str | None) -> tuple:
+def _submission(
+    tmp_path: Path, name: str, scheduler: str, retrieval: str | None, tail: str = ""
+) -> tuple:
     sub = tmp_path / name
     shutil.copytree(labs_root() / LAB / "starter", sub)
     mark = f"l5mark{uuid.uuid4().hex[:10]}"
-    text = (HOSTILE / scheduler).read_text().replace("@@MARK@@", mark)
+    text = (HOSTILE / scheduler).read_text().replace("@@MARK@@", mark) + tail
     (sub / "scheduler.py").write_text(text)
     if retrieval:
         shutil.copy(HOSTILE / retrieval, sub / "retrieval.py")
@@ -141,7 +143,8 @@ def test_hostile_submissions_gain_nothing(tmp_path):
     """Importing the kit's policy (and trying the solution's), patching the
     engine's classes, forging metrics, results and the curve, a child that
     outlives the submission and floods the engine, garbage and late answers,
-    reading the hidden question set: none scores more than the starter."""
+    reading the hidden question set, a policy that admits nothing: none scores
+    more than the starter, and the grading ends in bounded time."""
     if os.geteuid() != 0:
         pytest.skip("grading needs root (sandbox users)")
     from nslab.grading import sandbox
@@ -149,10 +152,16 @@ def test_hostile_submissions_gain_nothing(tmp_path):
 
     kit, m1 = _submission(tmp_path, "kit", "kit_scheduler.py", None)
     bad, m2 = _submission(tmp_path, "bad", "hostile_scheduler.py", "hostile_retrieval.py")
+    starve, m3 = _submission(
+        tmp_path, "starve", "hostile_scheduler.py", None, "\nPrefixBatching = Starver\n"
+    )
     old = os.environ.get("NSLAB_GRADE_PREFIX")
     os.environ["NSLAB_GRADE_PREFIX"] = PREFIX
     try:
-        rs = {r.name: r for r in grade_batch(find_lab(LAB), [kit, bad], tmp_path / "out", 2, USER)}
+        rs = {
+            r.name: r
+            for r in grade_batch(find_lab(LAB), [kit, bad, starve], tmp_path / "out", 2, USER)
+        }
     finally:
         if old is None:
             os.environ.pop("NSLAB_GRADE_PREFIX", None)
@@ -168,7 +177,7 @@ def test_hostile_submissions_gain_nothing(tmp_path):
     assert "steps decided by your policy: expected more than 0, observed 0" in answers["output"]
     curve = next(t for t in doc["tests"] if t["name"].startswith("curve.csv"))
     assert curve["status"] != "passed", curve  # the forged flat curve has the wrong shape
-    assert not _survivors([m1, m2]), _survivors([m1, m2])
+    assert not _survivors([m1, m2, m3]), _survivors([m1, m2, m3])
 
 
 @pytest.mark.root

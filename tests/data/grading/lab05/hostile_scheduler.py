@@ -53,3 +53,10 @@ class PrefixBatching:
         if _calls[0] % 3 == 1:
             return ["not-a-request", 7, None]
         return {"order": "everything"}
+
+
+class Starver:
+    """6. Admits nothing, ever: requests wait until the client gives up."""
+
+    def order(self, view):
+        return []

@@ -52,9 +52,20 @@ HIT_GAIN = 0.10  # your hit rate must beat FCFS's by this much
 GOODPUT_GAIN = 1.25  # and your goodput FCFS's by this factor
 
 
-def start_engine(args: list[str]) -> local.Proc:
+def start_engines(*args: list[str]) -> list[local.Proc]:
+    """Engines started at once (each loads in a few seconds), ready in order."""
     argv = [sys.executable, "-m", "nslab", "serve", "llm", "--host", "127.0.0.1", "--port", "0"]
-    return local._wait_ready(local._launch(argv + args, what="llm engine"), "llm engine", 120)
+    launched = [local._launch(argv + a, what="llm engine") for a in args]
+    try:
+        return [local._wait_ready(p, "llm engine", 120) for p in launched]
+    except BaseException:
+        for p in launched:
+            local.Proc(p).stop(sig_kill=True)
+        raise
+
+
+def start_engine(args: list[str]) -> local.Proc:
+    return start_engines(args)[0]
 
 
 def scrape(url: str) -> dict:
@@ -194,10 +205,11 @@ def sched(lab):
     student = None
     try:
         with labcheck.policy_dir(lab) as d:
-            base_eng = start_engine(SCHED_ENGINE + ["--policy", f"socket:{base_dir / 'p.sock'}"])
-            procs.append(base_eng)
-            eng = start_engine(SCHED_ENGINE + ["--policy", f"socket:{d / 'policy.sock'}"])
-            procs.append(eng)
+            base_eng, eng = start_engines(
+                SCHED_ENGINE + ["--policy", f"socket:{base_dir / 'p.sock'}"],
+                SCHED_ENGINE + ["--policy", f"socket:{d / 'policy.sock'}"],
+            )
+            procs += [base_eng, eng]
             base = _baseline_policy(lab, base_dir / "p.sock")
             procs.append(base)
             _wait_connected(base_eng.url)

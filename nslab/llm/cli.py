@@ -25,7 +25,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--threads", type=int, help="torch CPU threads (default: torch's; 1 on a busy machine)"
     )
-    p.add_argument("--policy", default="fcfs", help="admission policy (fcfs, cached-prefix-first)")
+    p.add_argument(
+        "--policy",
+        default="fcfs",
+        help="admission policy: fcfs, shortest-first, or socket:PATH (a policy "
+        "process connects there: nslab.llm.remote)",
+    )
+    p.add_argument(
+        "--policy-deadline-ms",
+        type=float,
+        default=20.0,
+        help="with socket:PATH, how long a step waits for the policy's answer",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,8 +51,18 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    if args.policy not in POLICIES:
-        raise NslabError(f"--policy {args.policy}: choose one of {', '.join(POLICIES)}")
+    extra = None
+    if args.policy.startswith("socket:"):
+        from nslab.llm.remote import RemoteSchedulingPolicy
+
+        policy = RemoteSchedulingPolicy(args.policy[7:], args.policy_deadline_ms / 1000)
+        extra = policy.metrics_lines
+    elif args.policy in POLICIES:
+        policy = POLICIES[args.policy]()
+    else:
+        raise NslabError(
+            f"--policy {args.policy}: choose one of {', '.join(POLICIES)} or socket:PATH"
+        )
     for name in ("block_size", "num_blocks", "max_num_seqs", "max_num_batched_tokens"):
         if getattr(args, name) < 1:
             raise NslabError(f"--{name.replace('_', '-')} must be at least 1")
@@ -55,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         prefix_caching=args.prefix_caching,
         max_waiting=args.max_waiting,
     )
-    engine = LLMEngine.from_name(args.model, cfg, policy=POLICIES[args.policy]())
-    server = OpenAIServer(engine, args.served_model_name)
+    engine = LLMEngine.from_name(args.model, cfg, policy=policy)
+    server = OpenAIServer(engine, args.served_model_name, extra_metrics=extra)
     asyncio.run(serve(server, args.host, args.port))
     return 0

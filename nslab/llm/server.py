@@ -20,7 +20,7 @@ import json
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from pydantic import ValidationError
 from starlette.applications import Starlette
@@ -79,8 +79,14 @@ def validated(model, data):
 
 
 class OpenAIServer:
-    def __init__(self, engine: LLMEngine, model_name: str | None = None):
+    def __init__(
+        self,
+        engine: LLMEngine,
+        model_name: str | None = None,
+        extra_metrics: Callable[[], list[str]] | None = None,
+    ):
         self.engine = engine
+        self.extra_metrics = extra_metrics  # more Prometheus lines (a remote policy's)
         self.model_name = model_name or engine.name
         self.loop_thread = EngineLoop(engine)
         self.created = int(time.time())
@@ -131,7 +137,10 @@ class OpenAIServer:
         return JSONResponse({"object": "list", "data": [card]})
 
     async def metrics(self, request):
-        return Response(self.engine.metrics.render(), media_type="text/plain; version=0.0.4")
+        body = self.engine.metrics.render()
+        if self.extra_metrics is not None:
+            body += "".join(f"{line}\n" for line in self.extra_metrics()).encode()
+        return Response(body, media_type="text/plain; version=0.0.4")
 
     async def tokenize(self, request):
         req = validated(TokenizeRequest, await read_json(request))

@@ -18,6 +18,7 @@ late, invalid, an error, or the policy is gone, uses a safe fallback
 decision instead and counts it by outcome. Those counters are what graders
 read: a fallback is charged to the policy, never to the component.
 
-Kinds: `batching` (nslab.serving.batching), `dispatch` (nslab.serving.policies).
+Kinds: `batching` (nslab.serving.batching), `dispatch` (nslab.serving.policies),
+`llm-scheduling` (nslab.llm.remote: an LLM engine's admission order).
 See docs/serving.md, "The policy protocol".
 """

@@ -24,6 +24,7 @@ MAX_LINE = 1 << 20  # one message; a longer line ends the connection
 ADAPTERS = {
     "batching": "nslab.serving.batching:remote_adapter",
     "dispatch": "nslab.serving.policies:remote_adapter",
+    "llm-scheduling": "nslab.llm.remote:remote_adapter",
 }
 # What happened to each decision the component needed:
 #   ok       the policy's answer, valid and in time

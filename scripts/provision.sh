@@ -107,8 +107,12 @@ fi
 # (a CUDA build of several GB, which a GPU machine wants).
 TORCH=torch==2.13.0
 if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
-  if "$VENV/bin/python" -m pip install -q --no-index "$TORCH" >/dev/null 2>&1; then
+  # The local wheel alone (--no-index --no-deps), then its dependencies from the
+  # usual indexes: --no-index would also hide them, and the CPU index below is
+  # not reachable everywhere (pip would retry it for minutes).
+  if "$VENV/bin/python" -m pip install -q --no-index --no-deps "$TORCH" >/dev/null 2>&1; then
     log "PyTorch: $TORCH from a wheel on this machine"
+    "$VENV/bin/python" -m pip install -q "$TORCH"
   elif ! command -v nvidia-smi >/dev/null 2>&1; then
     log "PyTorch: no GPU here, so the CPU build of $TORCH"
     "$VENV/bin/python" -m pip install -q "$TORCH" --index-url https://download.pytorch.org/whl/cpu

@@ -15,7 +15,7 @@ import shutil
 import uuid
 
 import pytest
-from grading_support import DATA
+from grading_support import DATA, survivors
 
 from nslab.grading import sandbox
 from nslab.grading.runner import grade_batch
@@ -66,20 +66,6 @@ def hostile(tmp_path, lab: str, name: str, base: str, files: dict[str, str]):
     shutil.copy(SERVING / "flood_helper.py", sub / "flood_helper.py")
     (sub / "curve.csv").unlink(missing_ok=True)
     return sub, mark
-
-
-def survivors(marks: list[str]) -> list[str]:
-    out = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    cmd = f.read().decode(errors="replace")
-            except OSError:
-                continue
-            if any(m in cmd for m in marks):
-                out.append(f"{pid}: {cmd}")
-    return out
 
 
 def grade(lab: str, subs: list, out, user: str) -> dict:

@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from grading_support import DATA
+from grading_support import DATA, survivors
 
 from nslab.labs import find_lab, labs_root
 
@@ -109,20 +109,6 @@ def test_remote_policy_decides_or_falls_back(tmp_path, name):
         policy.close()
 
 
-def _survivors(marks: list[str]) -> list[str]:
-    out = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    cmd = f.read().decode(errors="replace")
-            except OSError:
-                continue
-            if any(m in cmd for m in marks):
-                out.append(f"{pid}: {cmd}")
-    return out
-
-
 def _submission(
     tmp_path: Path, name: str, scheduler: str, retrieval: str | None, tail: str = ""
 ) -> tuple:
@@ -177,7 +163,7 @@ def test_hostile_submissions_gain_nothing(tmp_path):
     assert "steps decided by your policy: expected more than 0, observed 0" in answers["output"]
     curve = next(t for t in doc["tests"] if t["name"].startswith("curve.csv"))
     assert curve["status"] != "passed", curve  # the forged flat curve has the wrong shape
-    assert not _survivors([m1, m2, m3]), _survivors([m1, m2, m3])
+    assert not survivors([m1, m2, m3]), survivors([m1, m2, m3])
 
 
 @pytest.mark.root

@@ -22,6 +22,7 @@ The last line reads: cb_gain=<n> prefix_ttft_gain=<n> single_stream_ratio=<n>
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import random
@@ -51,11 +52,27 @@ def hf_model(m):
     return hf
 
 
-def hf_generate(hf, prompts: list[list[int]], n_new: int, pad: int) -> None:
-    """One padded (left) batch through HF generate, exactly n_new tokens each."""
+class TokenClock:
+    """A generate() streamer that only notes when each step's tokens come out
+    (the first put() is the prompt)."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def put(self, value) -> None:
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+def hf_generate(hf, prompts: list[list[int]], n_new: int, pad: int) -> list[float]:
+    """One padded (left) batch through HF generate, exactly n_new tokens each;
+    returns when each of the n_new tokens came out."""
     width = max(len(p) for p in prompts)
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    clock = TokenClock()
     with torch.inference_mode():
         hf.generate(
             ids,
@@ -64,7 +81,9 @@ def hf_generate(hf, prompts: list[list[int]], n_new: int, pad: int) -> None:
             min_new_tokens=n_new,
             do_sample=False,
             pad_token_id=pad,
+            streamer=clock,
         )
+    return clock.times[1:]
 
 
 def workload(m, n: int, rate: float, seed: int, max_out: int):
@@ -93,13 +112,14 @@ def run_static(hf, reqs, pad: int, batch: int = 8):
         if now < ready_at:
             time.sleep(ready_at - now)
         n_new = max(out for _, _, out in group)
-        start = time.perf_counter()
-        hf_generate(hf, [p for _, p, _ in group], n_new, pad)
+        times = hf_generate(hf, [p for _, p, _ in group], n_new, pad)
         end = time.perf_counter() - t0
-        step = (time.perf_counter() - start) / n_new
-        for _ in group:
+        for _, _, out in group:
+            # every member gets one token per decode step; TPOT as the engine's (and
+            # vLLM's): from its first token to its last, the prefill left out
+            if out > 1:
+                tpots.append((times[out - 1] - times[0]) / (out - 1))
             done.append(end)
-            tpots.append(step)  # every member gets one token per decode step
     makespan = max(done) - reqs[0][0]
     return sum(out for _, _, out in reqs) / makespan, tpots
 
@@ -248,12 +268,13 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=32)
     ap.add_argument("--rate", type=float, default=8.0, help="Poisson arrivals, req/s, for (a)")
     ap.add_argument("--max-output", type=int, default=128, help="outputs are 8..this tokens")
-    # (a): many sequences, a small token budget. On a CPU a step costs about the same per
-    # token whether it decodes or prefills, so a fixed budget is a fixed step time: new
-    # prompts are prefilled a few tokens per step beside 32 decodes, and no step stalls
-    # the streams for a whole prompt (Sarathi's point).
-    ap.add_argument("--max-num-seqs", type=int, default=32, help="engine, for (a)")
-    ap.add_argument("--max-num-batched-tokens", type=int, default=48, help="engine, for (a)")
+    # (a): more sequences than HF's 8, and a small token budget. On a CPU a step costs a
+    # fixed part plus about the same per token, decode or prefill, so a fixed budget is a
+    # fixed step time: new prompts are prefilled a few tokens per step beside the decodes,
+    # and no step stalls the streams for a whole prompt (Sarathi's point). 24 and 32 keep
+    # a step below HF's batch-8 decode step (docs/llm.md).
+    ap.add_argument("--max-num-seqs", type=int, default=24, help="engine, for (a)")
+    ap.add_argument("--max-num-batched-tokens", type=int, default=32, help="engine, for (a)")
     ap.add_argument("--prefix-len", type=int, default=512)
     ap.add_argument("--stream-tokens", type=int, default=64)
     ap.add_argument("--d-prompts", type=int, default=32, help="requests per server in (d)")
@@ -310,6 +331,7 @@ def main() -> int:
         print(*rows[-3:], sep="\n", flush=True)
 
     if "b" in args.pairs:
+        gc.collect()
         print(
             f"(b) 9 requests sharing a {args.prefix_len}-token prefix, 16-token suffixes, "
             "one at a time"
@@ -327,6 +349,7 @@ def main() -> int:
         print(*rows[-3:], sep="\n", flush=True)
 
     if "c" in args.pairs:
+        gc.collect()  # the engines of (a) and (b) hold GBs of KV cache (engine <-> metrics cycle)
         n = args.stream_tokens
         print(f"(c) one stream, {n} tokens after a 45-token prompt")
         prompt = [rng.randrange(3, top) for _ in range(45)]

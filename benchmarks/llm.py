@@ -271,10 +271,10 @@ def main() -> int:
     # (a): more sequences than HF's 8, and a small token budget. On a CPU a step costs a
     # fixed part plus about the same per token, decode or prefill, so a fixed budget is a
     # fixed step time: new prompts are prefilled a few tokens per step beside the decodes,
-    # and no step stalls the streams for a whole prompt (Sarathi's point). 24 and 32 keep
+    # and no step stalls the streams for a whole prompt (Sarathi's point). 20 and 28 keep
     # a step below HF's batch-8 decode step (docs/llm.md).
-    ap.add_argument("--max-num-seqs", type=int, default=24, help="engine, for (a)")
-    ap.add_argument("--max-num-batched-tokens", type=int, default=32, help="engine, for (a)")
+    ap.add_argument("--max-num-seqs", type=int, default=20, help="engine, for (a)")
+    ap.add_argument("--max-num-batched-tokens", type=int, default=28, help="engine, for (a)")
     ap.add_argument("--prefix-len", type=int, default=512)
     ap.add_argument("--stream-tokens", type=int, default=64)
     ap.add_argument("--d-prompts", type=int, default=32, help="requests per server in (d)")

@@ -9,18 +9,28 @@
 (b) prefix caching on vs off: requests that share a long prefix (vLLM's
     prefix-repetition shape), one after another; TTFT p50 each way.
 (c) one stream: tokens/s of the engine vs HF `generate`, same prompt, same length.
+(d) 16 concurrent streams through HTTP: `nslab serve llm` vs llama.cpp's server
+    (`llama-cpp-python[server]`, the pyproject `bench` extra, built from source) on the
+    same SmolLM2 GGUF, both measured by the same `nslab bench serve` client with the
+    same words as prompts; skipped, with a line saying why, where it is not installed.
 
-Both sides run in this process on the same fp32 weights, one after the other.
-Usage: .venv/bin/python benchmarks/llm.py [--model smollm2|tiny] [--requests 32]
+(a)-(c) run in this process on the same fp32 weights, one side after the other.
+Usage: .venv/bin/python benchmarks/llm.py [--model smollm2|tiny] [--requests 32] [--pairs abcd]
 The last line reads: cb_gain=<n> prefix_ttft_gain=<n> single_stream_ratio=<n>
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import json
 import os
 import random
+import select
+import socket
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,11 +52,27 @@ def hf_model(m):
     return hf
 
 
-def hf_generate(hf, prompts: list[list[int]], n_new: int, pad: int) -> None:
-    """One padded (left) batch through HF generate, exactly n_new tokens each."""
+class TokenClock:
+    """A generate() streamer that only notes when each step's tokens come out
+    (the first put() is the prompt)."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def put(self, value) -> None:
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+def hf_generate(hf, prompts: list[list[int]], n_new: int, pad: int) -> list[float]:
+    """One padded (left) batch through HF generate, exactly n_new tokens each;
+    returns when each of the n_new tokens came out."""
     width = max(len(p) for p in prompts)
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    clock = TokenClock()
     with torch.inference_mode():
         hf.generate(
             ids,
@@ -55,7 +81,9 @@ def hf_generate(hf, prompts: list[list[int]], n_new: int, pad: int) -> None:
             min_new_tokens=n_new,
             do_sample=False,
             pad_token_id=pad,
+            streamer=clock,
         )
+    return clock.times[1:]
 
 
 def workload(m, n: int, rate: float, seed: int, max_out: int):
@@ -84,13 +112,14 @@ def run_static(hf, reqs, pad: int, batch: int = 8):
         if now < ready_at:
             time.sleep(ready_at - now)
         n_new = max(out for _, _, out in group)
-        start = time.perf_counter()
-        hf_generate(hf, [p for _, p, _ in group], n_new, pad)
+        times = hf_generate(hf, [p for _, p, _ in group], n_new, pad)
         end = time.perf_counter() - t0
-        step = (time.perf_counter() - start) / n_new
-        for _ in group:
+        for _, _, out in group:
+            # every member gets one token per decode step; TPOT as the engine's (and
+            # vLLM's): from its first token to its last, the prefill left out
+            if out > 1:
+                tpots.append((times[out - 1] - times[0]) / (out - 1))
             done.append(end)
-            tpots.append(step)  # every member gets one token per decode step
     makespan = max(done) - reqs[0][0]
     return sum(out for _, _, out in reqs) / makespan, tpots
 
@@ -132,16 +161,123 @@ def ttft_p50(eng: LLMEngine, prompts: list[list[int]]) -> float:
     return float(np.median(ttfts[1:]))  # the first request warms the cache in both runs
 
 
+def _wait_ready(proc: subprocess.Popen, url: str, what: str, timeout: float = 180) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            if httpx.get(url + "/v1/models", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{what} did not answer {url}/v1/models in {timeout:.0f} s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bench_serve(url: str, args, out_dir: str, name: str) -> dict:
+    """The same `nslab bench serve` run against one server; its JSON result."""
+    nslab = str(Path(sys.executable).with_name("nslab"))
+    argv = [nslab, "bench", "serve", "--base-url", url, "--num-prompts", str(args.d_prompts)]
+    argv += ["--max-concurrency", "16", "--random-input-len", "64", "--random-output-len"]
+    argv += ["64", "--ignore-eos", "--no-tokenize", "--save-result", "--result-dir", out_dir]
+    argv += ["--result-filename", name]
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, timeout=1800)
+    return json.loads((Path(out_dir) / name).read_text())
+
+
+def pair_d(args, threads: int) -> tuple[dict, dict] | str:
+    """Both OpenAI-compatible servers on the same GGUF; a reason string when skipped."""
+    try:
+        import llama_cpp.server  # noqa: F401
+    except ImportError as exc:
+        return (
+            f"llama-cpp-python[server] is not installed ({exc}); `pip install -e '.[bench]'` "
+            "builds it from source (about 15 minutes on 2 cores)"
+        )
+    from nslab.llm.weights import smollm2_path
+
+    gguf = str(smollm2_path())
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    nslab = str(Path(sys.executable).with_name("nslab"))
+    ours = subprocess.Popen(
+        [nslab, "serve", "llm", "--model", "smollm2", "--port", "0", "--threads", str(threads)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    port = _free_port()
+    # interrupt_requests off: by default a new request cuts the stream being served short
+    theirs = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--host", "127.0.0.1"]
+        + ["--port", str(port), "--n_ctx", "2048", "--n_threads", str(threads)]
+        + [
+            "--n_threads_batch",
+            str(threads),
+            "--interrupt_requests",
+            "False",
+            "--verbose",
+            "False",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        ready, _, _ = select.select([ours.stdout], [], [], 180)
+        line = ours.stdout.readline() if ready else ""
+        if not line.startswith("READY "):
+            raise RuntimeError(f"nslab serve llm did not start: {line!r}")
+        ours_url = f"http://127.0.0.1:{line.split()[1]}"
+        theirs_url = f"http://127.0.0.1:{port}"
+        _wait_ready(theirs, theirs_url, "llama_cpp.server")
+        with tempfile.TemporaryDirectory(prefix="llm-bench-") as tmp:
+            return (
+                bench_serve(ours_url, args, tmp, "nslab.json"),
+                bench_serve(theirs_url, args, tmp, "llamacpp.json"),
+            )
+    finally:
+        _stop(ours)
+        _stop(theirs)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--model", default="smollm2", choices=("smollm2", "tiny"))
+    ap.add_argument("--pairs", default="abcd", help="which pairs to run, e.g. ad")
     ap.add_argument("--requests", type=int, default=32)
     ap.add_argument("--rate", type=float, default=8.0, help="Poisson arrivals, req/s, for (a)")
     ap.add_argument("--max-output", type=int, default=128, help="outputs are 8..this tokens")
+    # (a): more sequences than HF's 8, and a small token budget. On a CPU a step costs a
+    # fixed part plus about the same per token, decode or prefill, so a fixed budget is a
+    # fixed step time: new prompts are prefilled a few tokens per step beside the decodes,
+    # and no step stalls the streams for a whole prompt (Sarathi's point). 20 and 28 keep
+    # a step below HF's batch-8 decode step (docs/llm.md).
+    ap.add_argument("--max-num-seqs", type=int, default=20, help="engine, for (a)")
+    ap.add_argument("--max-num-batched-tokens", type=int, default=28, help="engine, for (a)")
     ap.add_argument("--prefix-len", type=int, default=512)
     ap.add_argument("--stream-tokens", type=int, default=64)
+    ap.add_argument("--d-prompts", type=int, default=32, help="requests per server in (d)")
     ap.add_argument(
         "--threads",
         type=int,
@@ -153,77 +289,117 @@ def main() -> int:
         torch.set_num_threads(args.threads)
 
     print(
-        f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, torch threads {torch.get_num_threads()}"
+        f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, "
+        f"torch threads {torch.get_num_threads()}"
     )
     m = load(args.model)
     hf = hf_model(m)
     pad = m.config.eos_token_id or 0
-    # (a) trades a little throughput for TPOT: 16 sequences and 96 tokens per step keep a
-    # step about as long as HF's batch-8 decode step, so streams keep their pace.
-    cfg = EngineConfig(num_blocks=1024, max_num_seqs=16, max_num_batched_tokens=96)
+    cfg = EngineConfig(
+        num_blocks=1024,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+    )
     rows = []
-
-    print(
-        f"(a) {args.requests} requests, Poisson {args.rate}/s, prompts 16-96, "
-        f"outputs 8-{args.max_output} tokens"
-    )
-    reqs = workload(m, args.requests, args.rate, seed=1, max_out=args.max_output)
-    static_tps, static_tpot = run_static(hf, reqs, pad)
-    eng_tps, eng_tpot = run_engine(LLMEngine(m, cfg), reqs)
-    cb_gain = eng_tps / static_tps
-    rows += [
-        (
-            "a",
-            "static batches of 8 (HF generate)",
-            f"{static_tps:.1f} tok/s, TPOT p99 {np.percentile(static_tpot, 99) * 1000:.1f} ms",
-        ),
-        (
-            "a",
-            "continuous batching (engine)",
-            f"{eng_tps:.1f} tok/s, TPOT p99 {np.percentile(eng_tpot, 99) * 1000:.1f} ms",
-        ),
-        ("a", "cb_gain (target >= 3)", f"{cb_gain:.2f}x"),
-    ]
-    print(*rows[-3:], sep="\n", flush=True)
-
-    print(
-        f"(b) 9 requests sharing a {args.prefix_len}-token prefix, 16-token suffixes, one at a time"
-    )
+    cb_gain = prefix_gain = ratio = float("nan")
     rng = random.Random(2)
     top = m.config.vocab_size if m.config.vocab_size > 1000 else 256
-    prefix = [rng.randrange(3, top) for _ in range(args.prefix_len)]
-    prompts = [prefix + [rng.randrange(3, top) for _ in range(16)] for _ in range(9)]
-    off = ttft_p50(LLMEngine(m, EngineConfig(num_blocks=1024, prefix_caching=False)), prompts)
-    on = ttft_p50(LLMEngine(m, EngineConfig(num_blocks=1024, prefix_caching=True)), prompts)
-    prefix_gain = off / on
-    rows += [
-        ("b", "TTFT p50, prefix caching off", f"{off * 1000:.1f} ms"),
-        ("b", "TTFT p50, prefix caching on", f"{on * 1000:.1f} ms"),
-        ("b", "prefix_ttft_gain (target >= 3)", f"{prefix_gain:.2f}x"),
-    ]
-    print(*rows[-3:], sep="\n", flush=True)
 
-    n = args.stream_tokens
-    print(f"(c) one stream, {n} tokens after a 45-token prompt")
-    prompt = [rng.randrange(3, top) for _ in range(45)]
-    hf_generate(hf, [prompt], 4, pad)  # warm up both sides
-    eng = LLMEngine(m, cfg)
-    eng.generate([prompt], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))
-    hf_s, eng_s = [], []
-    for _ in range(3):  # interleaved, median of three
-        t = time.perf_counter()
-        hf_generate(hf, [prompt], n, pad)
-        hf_s.append(n / (time.perf_counter() - t))
-        t = time.perf_counter()
-        eng.generate([prompt], SamplingParams(temperature=0, max_tokens=n, ignore_eos=True))
-        eng_s.append(n / (time.perf_counter() - t))
-    ratio = float(np.median(eng_s) / np.median(hf_s))
-    rows += [
-        ("c", "HF generate, one stream", f"{np.median(hf_s):.1f} tok/s"),
-        ("c", "engine, one stream", f"{np.median(eng_s):.1f} tok/s"),
-        ("c", "single_stream_ratio (target >= 1)", f"{ratio:.2f}x"),
-    ]
-    print(*rows[-3:], sep="\n", flush=True)
+    if "a" in args.pairs:
+        print(
+            f"(a) {args.requests} requests, Poisson {args.rate}/s, prompts 16-96, "
+            f"outputs 8-{args.max_output} tokens; engine: {cfg.max_num_seqs} sequences, "
+            f"{cfg.max_num_batched_tokens} tokens per step"
+        )
+        reqs = workload(m, args.requests, args.rate, seed=1, max_out=args.max_output)
+        static_tps, static_tpot = run_static(hf, reqs, pad)
+        eng_tps, eng_tpot = run_engine(LLMEngine(m, cfg), reqs)
+        cb_gain = eng_tps / static_tps
+        rows += [
+            (
+                "a",
+                "static batches of 8 (HF generate)",
+                f"{static_tps:.1f} tok/s, TPOT p99 {np.percentile(static_tpot, 99) * 1000:.1f} ms",
+            ),
+            (
+                "a",
+                "continuous batching (engine)",
+                f"{eng_tps:.1f} tok/s, TPOT p99 {np.percentile(eng_tpot, 99) * 1000:.1f} ms",
+            ),
+            ("a", "cb_gain (target >= 3)", f"{cb_gain:.2f}x"),
+        ]
+        print(*rows[-3:], sep="\n", flush=True)
+
+    if "b" in args.pairs:
+        gc.collect()
+        print(
+            f"(b) 9 requests sharing a {args.prefix_len}-token prefix, 16-token suffixes, "
+            "one at a time"
+        )
+        prefix = [rng.randrange(3, top) for _ in range(args.prefix_len)]
+        prompts = [prefix + [rng.randrange(3, top) for _ in range(16)] for _ in range(9)]
+        off = ttft_p50(LLMEngine(m, EngineConfig(num_blocks=1024, prefix_caching=False)), prompts)
+        on = ttft_p50(LLMEngine(m, EngineConfig(num_blocks=1024, prefix_caching=True)), prompts)
+        prefix_gain = off / on
+        rows += [
+            ("b", "TTFT p50, prefix caching off", f"{off * 1000:.1f} ms"),
+            ("b", "TTFT p50, prefix caching on", f"{on * 1000:.1f} ms"),
+            ("b", "prefix_ttft_gain (target >= 3)", f"{prefix_gain:.2f}x"),
+        ]
+        print(*rows[-3:], sep="\n", flush=True)
+
+    if "c" in args.pairs:
+        gc.collect()  # the engines of (a) and (b) hold GBs of KV cache (engine <-> metrics cycle)
+        n = args.stream_tokens
+        print(f"(c) one stream, {n} tokens after a 45-token prompt")
+        prompt = [rng.randrange(3, top) for _ in range(45)]
+        hf_generate(hf, [prompt], 4, pad)  # warm up both sides
+        eng = LLMEngine(m, cfg)
+        eng.generate([prompt], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))
+        hf_s, eng_s = [], []
+        for _ in range(3):  # interleaved, median of three
+            t = time.perf_counter()
+            hf_generate(hf, [prompt], n, pad)
+            hf_s.append(n / (time.perf_counter() - t))
+            t = time.perf_counter()
+            eng.generate([prompt], SamplingParams(temperature=0, max_tokens=n, ignore_eos=True))
+            eng_s.append(n / (time.perf_counter() - t))
+        ratio = float(np.median(eng_s) / np.median(hf_s))
+        rows += [
+            ("c", "HF generate, one stream", f"{np.median(hf_s):.1f} tok/s"),
+            ("c", "engine, one stream", f"{np.median(eng_s):.1f} tok/s"),
+            ("c", "single_stream_ratio (target >= 1)", f"{ratio:.2f}x"),
+        ]
+        print(*rows[-3:], sep="\n", flush=True)
+
+    if "d" in args.pairs and args.model != "smollm2":
+        rows.append(("d", "skipped", "llama.cpp serves the SmolLM2 GGUF only (--model smollm2)"))
+        print(rows[-1])
+    elif "d" in args.pairs:
+        print(
+            f"(d) {args.d_prompts} requests, 16 in flight, 64 words in, 64 tokens out, "
+            "through HTTP: nslab serve llm vs llama.cpp's server on the same GGUF"
+        )
+        del hf  # the servers run in their own processes
+        got = pair_d(args, args.threads or torch.get_num_threads())
+        if isinstance(got, str):
+            rows.append(("d", "skipped", got))
+            print(rows[-1])
+        else:
+            ours, theirs = got
+            for who, res in (("nslab serve llm (fp32)", ours), ("llama.cpp server (Q4_1)", theirs)):
+                rows.append(
+                    (
+                        "d",
+                        who,
+                        f"{res['output_throughput']:.1f} tok/s, TTFT p50 "
+                        f"{res['median_ttft_ms']:.0f} ms, TPOT p50 {res['median_tpot_ms']:.0f} ms, "
+                        f"{res['failed']} failed",
+                    )
+                )
+            d_ratio = ours["output_throughput"] / theirs["output_throughput"]
+            rows.append(("d", "nslab / llama.cpp throughput", f"{d_ratio:.2f}x"))
+            print(*rows[-3:], sep="\n", flush=True)
 
     print()
     for part, what, value in rows:

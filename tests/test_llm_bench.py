@@ -113,3 +113,30 @@ def test_arrivals_poisson_and_gamma():
     cv = lambda g: (sum((x - sum(g) / len(g)) ** 2 for x in g) / len(g)) ** 0.5 / (sum(g) / len(g))  # noqa: E731
     assert cv(gaps) == pytest.approx(1.0, rel=0.1) and cv(bursty) > 1.6
     assert arrival_gaps(3, float("inf"), 1.0, 0) == [0.0, 0.0, 0.0]
+
+
+def test_sweep_over_concurrency_draws_throughput_and_ttft(server, tmp_path):
+    tput, ttft = tmp_path / "tput.svg", tmp_path / "ttft.png"
+    r, res = bench(
+        server,
+        *("--num-prompts", "4", "--random-input-len", "24", "--random-output-len", "6"),
+        *("--ignore-eos", "--sweep-max-concurrency", "1,4"),
+        *("--plot-throughput", str(tput), "--plot", str(ttft)),
+        tmp=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "Sweep over max concurrency" in r.stdout
+    runs = res["results"]
+    assert [x["max_concurrency"] for x in runs] == [1, 4]
+    assert all(x["completed"] == 4 and x["total_output_tokens"] == 24 for x in runs)
+    # four requests at once finish sooner than one at a time on a batching engine
+    assert runs[1]["duration"] < runs[0]["duration"]
+    assert tput.read_bytes().lstrip().startswith(b"<?xml") and b"<svg" in tput.read_bytes()
+    assert ttft.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bad_sweep_is_a_clear_error(tmp_path):
+    r, _ = bench("http://127.0.0.1:9", "--sweep-max-concurrency", "4,x", tmp=tmp_path)
+    assert r.returncode != 0 and "--sweep-max-concurrency 4,x" in r.stderr
+    r, _ = bench("http://127.0.0.1:9", "--plot-throughput", "t.png", tmp=tmp_path)
+    assert r.returncode != 0 and "needs --sweep-max-concurrency" in r.stderr

@@ -61,9 +61,9 @@ class Result:
 class Tokens:
     """Token ids from the server's /tokenize (vLLM and nslab have it), else words."""
 
-    def __init__(self, client, base_url: str, model: str):
+    def __init__(self, client, base_url: str, model: str, exact: bool = True):
         self.client, self.base_url, self.model = client, base_url, model
-        self.exact = True
+        self.exact = exact
 
     async def ids(self, text: str) -> list[int] | None:
         if not self.exact:
@@ -151,7 +151,9 @@ async def send(client, url: str, model: str, req: Request, ignore_eos: bool) -> 
         "stream_options": {"include_usage": True},
     }
     if ignore_eos:
+        # vLLM's flag, and OpenAI-style servers' min_tokens (llama.cpp's knows only that)
         body["ignore_eos"] = True
+        body["min_tokens"] = req.output_len
     body["messages" if chat else "prompt"] = req.prompt
     res = Result(prompt_len=req.prompt_len)
     res.start = t0 = time.perf_counter()
@@ -227,7 +229,7 @@ async def run_bench(args) -> dict:
                 raise NslabError(
                     f"{base}/v1/models: {exc}; is the server up? (or pass --model)"
                 ) from None
-        reqs = await build_requests(args, Tokens(client, base, model))
+        reqs = await build_requests(args, Tokens(client, base, model, not args.no_tokenize))
         chat = args.dataset_name == "chat"
         url = base + (args.endpoint or ("/v1/chat/completions" if chat else "/v1/completions"))
         sem = asyncio.Semaphore(args.max_concurrency) if args.max_concurrency else None
@@ -395,7 +397,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-result", action="store_true", help="write the result as JSON")
     p.add_argument("--result-dir", default=".")
     p.add_argument("--result-filename", help="default: openai-<rate>qps-<model>-<date>.json")
+    p.add_argument(
+        "--no-tokenize",
+        action="store_true",
+        help="send random prompts as words, not token ids from /tokenize "
+        "(two servers then get the same text)",
+    )
     p.add_argument("--plot", metavar="PNG", help="TTFT against prompt length, as a picture")
+    p.add_argument(
+        "--sweep-max-concurrency",
+        metavar="N,N,...",
+        help="run once per --max-concurrency value (e.g. 1,2,4,8,16) and print a table",
+    )
+    p.add_argument(
+        "--plot-throughput",
+        metavar="PNG|SVG",
+        help="with --sweep-max-concurrency: output throughput and TPOT against concurrency",
+    )
 
 
 def check_args(args) -> list[str]:
@@ -416,20 +434,44 @@ def check_args(args) -> list[str]:
             f"--metric-percentiles {args.metric_percentiles}: numbers, e.g. 50,99"
         ) from None
     parse_goodput(args.goodput)
+    if args.sweep_max_concurrency is not None:
+        sweep_levels(args.sweep_max_concurrency)
+    elif args.plot_throughput:
+        raise NslabError("--plot-throughput needs --sweep-max-concurrency, e.g. 1,2,4,8,16")
     return metrics
 
 
-def plot(res: dict, path: str) -> None:
+def sweep_levels(text: str) -> list[int]:
+    try:
+        levels = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        levels = []
+    if not levels or min(levels) < 1:
+        raise NslabError(
+            f"--sweep-max-concurrency {text}: give concurrencies >= 1 separated by commas, "
+            "e.g. 1,2,4,8,16"
+        )
+    return levels
+
+
+def plot(results: dict | list[dict], path: str) -> None:
+    """TTFT against prompt length; one colour per run of a sweep."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = [e == "" for e in res["errors"]]
-    x = [n for n, good in zip(res["input_lens"], ok, strict=True) if good]
-    y = [t * 1000 for t, good in zip(res["ttfts"], ok, strict=True) if good]
+    runs = results if isinstance(results, list) else [results]
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.scatter(x, y, s=12)
+    for res in runs:
+        ok = [e == "" for e in res["errors"]]
+        x = [n for n, good in zip(res["input_lens"], ok, strict=True) if good]
+        y = [t * 1000 for t, good in zip(res["ttfts"], ok, strict=True) if good]
+        label = f"concurrency {res['max_concurrency']}" if len(runs) > 1 else None
+        ax.scatter(x, y, s=12, label=label)
+    if len(runs) > 1:
+        ax.legend(fontsize=8)
+    res = runs[-1]
     ax.set_xlabel("prompt length (tokens)")
     ax.set_ylabel("TTFT (ms)")
     ax.set_title(f"{res['model_id']}: TTFT against context length")
@@ -438,13 +480,83 @@ def plot(res: dict, path: str) -> None:
     plt.close(fig)
 
 
+def plot_throughput(results: list[dict], path: str) -> None:
+    """Output throughput (and median TPOT, the price of it) against max concurrency."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [r["max_concurrency"] for r in results]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(x, [r["output_throughput"] for r in results], "o-", label="output tok/s")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(x, [str(c) for c in x])
+    ax.set_xlabel("max concurrency (requests in flight)")
+    ax.set_ylabel("output throughput (tok/s)")
+    ax.set_ylim(bottom=0)
+    ax2 = ax.twinx()
+    ax2.plot(x, [r["median_tpot_ms"] for r in results], "s--", color="C1", label="median TPOT")
+    ax2.set_ylabel("median TPOT (ms)")
+    ax2.set_ylim(bottom=0)
+    lines = ax.get_lines() + ax2.get_lines()
+    ax.legend(lines, [line.get_label() for line in lines], loc="upper left", fontsize=8)
+    ax.set_title(f"{results[0]['model_id']}: throughput against concurrency")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def sweep_table(results: list[dict]) -> str:
+    head = f"{'concurrency':>11} {'req/s':>7} {'out tok/s':>9} {'TTFT p50':>9} {'TPOT p50':>9} {'failed':>6}"
+    rows = [
+        f"{r['max_concurrency']:>11} {r['request_throughput']:>7.2f} {r['output_throughput']:>9.1f}"
+        f" {r['median_ttft_ms']:>9.1f} {r['median_tpot_ms']:>9.1f} {r['failed']:>6}"
+        for r in results
+    ]
+    return "\n".join(
+        ["{s:{c}^{n}}".format(s=" Sweep over max concurrency ", n=len(head), c="="), head, *rows]
+    )
+
+
+def _file_part(model_id: str) -> str:
+    """A model id fit for a file name (llama.cpp's server names its model by its path)."""
+    return Path(model_id).name.replace(" ", "_") or "model"
+
+
+def sweep(args, metrics: list[str]) -> int:
+    results = []
+    for level in sweep_levels(args.sweep_max_concurrency):
+        args.max_concurrency = level
+        res = asyncio.run(run_bench(args))
+        print(report(res, metrics), flush=True)
+        results.append(res)
+    print(sweep_table(results))
+    if args.save_result:
+        name = args.result_filename or (
+            f"sweep-concurrency-{_file_part(results[0]['model_id'])}-{results[0]['date']}.json"
+        )
+        path = Path(args.result_dir) / name
+        path.write_text(json.dumps({"sweep": "max_concurrency", "results": results}, indent=1))
+        print(f"saved {path}")
+    if args.plot_throughput:
+        plot_throughput(results, args.plot_throughput)
+        print(f"plot {args.plot_throughput}")
+    if args.plot:
+        plot(results, args.plot)
+        print(f"plot {args.plot}")
+    return 0 if all(r["completed"] for r in results) else 1
+
+
 def main(args) -> int:
     metrics = check_args(args)
+    if args.sweep_max_concurrency is not None:
+        return sweep(args, metrics)
     res = asyncio.run(run_bench(args))
     print(report(res, metrics))
     if args.save_result:
         name = args.result_filename or (
-            f"openai-{res['request_rate']}qps-{res['model_id']}-{res['date']}.json"
+            f"openai-{res['request_rate']}qps-{_file_part(res['model_id'])}-{res['date']}.json"
         )
         path = Path(args.result_dir) / name
         path.write_text(json.dumps(res, indent=1))

@@ -72,6 +72,7 @@ class LLMEngine:
         model = LlamaModel(loaded.config)
         model.load_state_dict(loaded.state_dict, strict=False)  # lm_head may be tied
         self.model = model.to(self.device).eval()
+        self.model.pack()
         self.cache = KVCache(
             loaded.config, cfg.num_blocks, cfg.block_size, self.device, torch.float32
         )
@@ -117,38 +118,37 @@ class LLMEngine:
     # -- one step ------------------------------------------------------------------
 
     def _build_batch(self, items: list[tuple[Sequence, int]]) -> tuple[Batch, list[Sequence]]:
+        """The flat batch: single-token items (decodes) first, then prefill chunks.
+        Built from Python lists, a handful of tensors per step (not a few per sequence)."""
         bs, dev = self.cfg.block_size, self.device
+        ones = [it for it in items if it[1] == 1]
+        chunks = [it for it in items if it[1] != 1]
         ids, pos, slots, seqs, rows, sampled = [], [], [], [], [], []
-        dec_rows, dec_slots = [], []
-        for seq, n in items:
-            start = seq.num_computed
-            table = torch.tensor(seq.block_table)
-            p = torch.arange(start + n)
-            all_slots = table[p // bs] * bs + p % bs
-            if n == 1:
-                dec_rows.append(len(ids))
-                dec_slots.append(all_slots)
-            else:
-                seqs.append(SeqSlice(len(ids), n, all_slots.to(dev)))
+        for seq, n in ones + chunks:
+            start, table = seq.num_computed, seq.block_table
+            if n != 1:
+                blocks = torch.tensor(table[: -(-(start + n) // bs)], device=dev)
+                seqs.append(SeqSlice(len(ids), n, blocks, start + n))
             ids += seq.token_ids[start : start + n]
-            pos.append(p[start:])
-            slots.append(all_slots[start:])
+            pos += range(start, start + n)
+            slots += [table[p // bs] * bs + p % bs for p in range(start, start + n)]
             if start + n == len(seq):  # caught up: the last position's logits pick a token
                 rows.append(len(ids) - 1)
                 sampled.append(seq)
         decodes = None
-        if dec_rows:
-            width = max(len(s) for s in dec_slots)
-            padded = torch.zeros(len(dec_slots), width, dtype=torch.long)
-            mask = torch.zeros(len(dec_slots), 1, 1, width, dtype=torch.bool)
-            for i, s in enumerate(dec_slots):
-                padded[i, : len(s)] = s
-                mask[i, 0, 0, : len(s)] = True
-            decodes = Decodes(torch.tensor(dec_rows, device=dev), padded.to(dev), mask.to(dev))
+        if ones:
+            ctx = [seq.num_computed + 1 for seq, _ in ones]
+            width = -(-max(ctx) // bs)
+            tables = [seq.block_table[:width] for seq, _ in ones]
+            tables = [t + [0] * (width - len(t)) for t in tables]
+            mask = torch.arange(width * bs)[None, :] < torch.tensor(ctx)[:, None]
+            decodes = Decodes(
+                len(ones), torch.tensor(tables, device=dev), mask[:, None, None, :].to(dev)
+            )
         batch = Batch(
             input_ids=torch.tensor(ids, device=dev),
-            positions=torch.cat(pos).to(dev),
-            slot_mapping=torch.cat(slots).to(dev),
+            positions=torch.tensor(pos, device=dev),
+            slot_mapping=torch.tensor(slots, device=dev),
             seqs=seqs,
             sample_rows=torch.tensor(rows, dtype=torch.long, device=dev),
             decodes=decodes,
@@ -166,8 +166,13 @@ class LLMEngine:
             seq.num_computed += n
             self.blocks.register_computed(seq)
         outs = [StepOutput(s, None, "", False) for s, _ in plan.items if s not in sampled]
+        # Greedy requests take one argmax over the whole batch, not one call each.
+        greedy = logits.argmax(dim=-1).tolist()
         for row, seq in enumerate(sampled):
-            token = sample(logits[row], seq.params, seq.generator)
+            if seq.params.temperature == 0:
+                token = greedy[row]
+            else:
+                token = sample(logits[row], seq.params, seq.generator)
             seq.output_ids.append(token)
             outs.append(self._after_token(seq, token, now))
         self.metrics.on_step(plan, outs, now)

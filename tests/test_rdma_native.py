@@ -338,7 +338,9 @@ def test_the_requester_timer_follows_the_round_trip_and_stale_naks_are_ignored()
         rdma(ep, cli, e.IBV_WR_RDMA_WRITE, 17, 0, 0)
         wait(ep.cq, timeout=5)
         assert time.monotonic() - t0 < 0.5 and srv.mr.read(17) == b"after a stale NAK"
-        assert cli.ctx.stats["timeouts"] == 0, cli.ctx.stats
+        # No firing at the QP's full timeout; the RTT timer's early firings
+        # (backoffs, no retry spent) happen on a slow run, e.g. under valgrind.
+        assert cli.ctx.stats["timeouts"] == cli.ctx.stats["rto_backoffs"], cli.ctx.stats
     finally:
         cli.ctx.close()
         srv.ctx.close()

@@ -39,8 +39,14 @@ class KVClient:
             for probe in range(MAX_PROBES):
                 # READ 1: the bucket (version, key hash, where the value is)
                 ver, kh, off, ln = BUCKET.unpack(c.read(c.bucket_addr(h + probe), BUCKET.size))
-                if ver == 0:
+                if ver == 0 and kh == 0:
                     return None  # an empty bucket ends the probe sequence: no such key
+                if ver == 0:
+                    # A version read while the server rewrote it: its bytes
+                    # from two values (0x00FF -> 0x0100 can read as 0). The
+                    # hash says a key lives here: read again.
+                    torn = True
+                    break
                 if kh != h:
                     continue  # another key hashed here: probe the next bucket
                 if ver % 2:

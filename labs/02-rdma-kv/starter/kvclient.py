@@ -33,8 +33,9 @@ class KVClient:
         # every GET) by one-sided READs:
         #   1. h = key_hash(key); READ the bucket at self.conn.bucket_addr(h + probe)
         #      (BUCKET.size bytes) and unpack it: version, key_hash, slot_off, slot_len.
-        #      version 0: empty -> no such key. Other key_hash: try the next bucket
-        #      (at most MAX_PROBES).
+        #      All zeros (version 0, key_hash 0): empty -> no such key. Version 0
+        #      with a key_hash: torn by a PUT (see the guide), read again. Other
+        #      key_hash: try the next bucket (at most MAX_PROBES).
         #   2. READ the slot at self.conn.slot_addr(slot_off) (slot_len bytes) and
         #      unpack SLOT_HDR: version, crc32, key_len, val_len; then key, value.
         #   3. A PUT may run while you read: retry (bounded) unless the bucket's

@@ -26,8 +26,6 @@ import gc
 import json
 import os
 import random
-import select
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,9 +37,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from nslab import process  # noqa: E402
 from nslab.llm.engine import EngineConfig, LLMEngine  # noqa: E402
 from nslab.llm.sequence import SamplingParams  # noqa: E402
 from nslab.llm.weights import load  # noqa: E402
+from nslab.ports import free_port  # noqa: E402
 
 
 def hf_model(m):
@@ -161,35 +161,13 @@ def ttft_p50(eng: LLMEngine, prompts: list[list[int]]) -> float:
     return float(np.median(ttfts[1:]))  # the first request warms the cache in both runs
 
 
-def _wait_ready(proc: subprocess.Popen, url: str, what: str, timeout: float = 180) -> None:
+def _answers(url: str) -> bool:
     import httpx
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}")
-        try:
-            if httpx.get(url + "/v1/models", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{what} did not answer {url}/v1/models in {timeout:.0f} s")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
     try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return httpx.get(url + "/v1/models", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def bench_serve(url: str, args, out_dir: str, name: str) -> dict:
@@ -206,7 +184,7 @@ def bench_serve(url: str, args, out_dir: str, name: str) -> dict:
 def pair_d(args, threads: int) -> tuple[dict, dict] | str:
     """Both OpenAI-compatible servers on the same GGUF; a reason string when skipped."""
     try:
-        import llama_cpp.server  # noqa: F401
+        import llama_cpp.server.app  # noqa: F401  (the server extra, not only the library)
     except ImportError as exc:
         return (
             f"llama-cpp-python[server] is not installed ({exc}); `pip install -e '.[bench]'` "
@@ -217,46 +195,37 @@ def pair_d(args, threads: int) -> tuple[dict, dict] | str:
     gguf = str(smollm2_path())
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     nslab = str(Path(sys.executable).with_name("nslab"))
-    ours = subprocess.Popen(
-        [nslab, "serve", "llm", "--model", "smollm2", "--port", "0", "--threads", str(threads)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
-    port = _free_port()
-    # interrupt_requests off: by default a new request cuts the stream being served short
-    theirs = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--host", "127.0.0.1"]
-        + ["--port", str(port), "--n_ctx", "2048", "--n_threads", str(threads)]
-        + [
-            "--n_threads_batch",
-            str(threads),
-            "--interrupt_requests",
-            "False",
-            "--verbose",
-            "False",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
-    try:
-        ready, _, _ = select.select([ours.stdout], [], [], 180)
-        line = ours.stdout.readline() if ready else ""
-        if not line.startswith("READY "):
-            raise RuntimeError(f"nslab serve llm did not start: {line!r}")
-        ours_url = f"http://127.0.0.1:{line.split()[1]}"
-        theirs_url = f"http://127.0.0.1:{port}"
-        _wait_ready(theirs, theirs_url, "llama_cpp.server")
-        with tempfile.TemporaryDirectory(prefix="llm-bench-") as tmp:
+    ours_url, theirs_url = (f"http://127.0.0.1:{free_port()}" for _ in range(2))
+    servers: list[process.Process] = []
+    with tempfile.TemporaryDirectory(prefix="llm-bench-") as tmp:
+        try:
+            argv = [nslab, "serve", "llm", "--model", "smollm2", "--threads", str(threads)]
+            argv += ["--port", ours_url.rsplit(":", 1)[1]]
+            servers.append(
+                process.start(
+                    argv, what="nslab serve llm", log=f"{tmp}/nslab.log", env=env,
+                    ready=process.Ready(log=r"(?m)^READY ", timeout=180),
+                )
+            )  # fmt: skip
+            # interrupt_requests off: by default a new request cuts the stream being served short
+            argv = [sys.executable, "-m", "llama_cpp.server", "--model", gguf]
+            argv += ["--host", "127.0.0.1", "--port", theirs_url.rsplit(":", 1)[1]]
+            argv += ["--n_ctx", "2048"]
+            argv += ["--n_threads", str(threads), "--n_threads_batch", str(threads)]
+            argv += ["--interrupt_requests", "False", "--verbose", "False"]
+            servers.append(
+                process.start(
+                    argv, what="llama_cpp.server", log=f"{tmp}/llamacpp.log", env=env,
+                    ready=process.Ready(probe=lambda: _answers(theirs_url), timeout=180),
+                )
+            )  # fmt: skip
             return (
                 bench_serve(ours_url, args, tmp, "nslab.json"),
                 bench_serve(theirs_url, args, tmp, "llamacpp.json"),
             )
-    finally:
-        _stop(ours)
-        _stop(theirs)
+        finally:
+            for server in servers:
+                server.stop()
 
 
 def main() -> int:

@@ -99,14 +99,18 @@ class Table:
         busy, new = old + 1 if old % 2 == 0 else old, (old | 1) + 1
         off = i * self.slot
         s = self.values_off + off
-        # 1. mark bucket and slot busy (odd), 2. write, 3. publish the even version
-        BUCKET.pack_into(self.buf, b, busy, h, off, self.slot)
-        struct.pack_into("<Q", self.buf, s, busy)
+        # 1. mark bucket and slot busy (odd), 2. write, 3. publish the even version.
+        # Each field is written with the bytes it ends up with (slice
+        # assignment): struct's pack_into zeroes its target first, and a READ
+        # racing it saw an all-zero bucket, i.e. "no such key".
+        buf = self.buf
+        buf[b : b + BUCKET.size] = BUCKET.pack(busy, h, off, self.slot)
+        buf[s : s + 8] = struct.pack("<Q", busy)
         body = key + value
-        self.buf[s + SLOT_HDR.size : s + SLOT_HDR.size + len(body)] = body
-        SLOT_HDR.pack_into(self.buf, s, busy, slot_crc(key, value), len(key), len(value))
-        struct.pack_into("<Q", self.buf, s, new)
-        BUCKET.pack_into(self.buf, b, new, h, off, self.slot)
+        buf[s + SLOT_HDR.size : s + SLOT_HDR.size + len(body)] = body
+        buf[s : s + SLOT_HDR.size] = SLOT_HDR.pack(busy, slot_crc(key, value), len(key), len(value))
+        buf[s : s + 8] = struct.pack("<Q", new)
+        buf[b : b + BUCKET.size] = BUCKET.pack(new, h, off, self.slot)
 
     def get(self, key: bytes) -> bytes | None:
         h = key_hash(key)

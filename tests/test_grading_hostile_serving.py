@@ -15,9 +15,8 @@ import shutil
 import uuid
 
 import pytest
-from grading_support import DATA, survivors
+from grading_support import DATA, graded_as, survivors
 
-from nslab.grading import sandbox
 from nslab.grading.runner import grade_batch
 from nslab.labs import find_lab, labs_root
 
@@ -31,16 +30,8 @@ USER = "tsrvhu"  # their sandbox users: tsrvhu, tsrvhu1 (removed after)
 def grading_env():
     if os.geteuid() != 0:
         pytest.skip("grading needs root (sandbox users)")
-    old = os.environ.get("NSLAB_GRADE_PREFIX")
-    try:
-        yield USER
-    finally:
-        if old is None:
-            os.environ.pop("NSLAB_GRADE_PREFIX", None)
-        else:
-            os.environ["NSLAB_GRADE_PREFIX"] = old
-        for u in (USER, f"{USER}1"):
-            sandbox.remove_user(u)
+    with graded_as(PREFIX, USER) as user:
+        yield user
 
 
 # The starter's score: lab 3's starter passes only "answers correctly" (2);
@@ -69,7 +60,6 @@ def hostile(tmp_path, lab: str, name: str, base: str, files: dict[str, str]):
 
 
 def grade(lab: str, subs: list, out, user: str) -> dict:
-    os.environ["NSLAB_GRADE_PREFIX"] = PREFIX
     rs = grade_batch(find_lab(lab), subs, out, jobs=2, user_base=user)
     return {r.name: r for r in rs}
 

@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from grading_support import DATA, survivors
+from grading_support import DATA, graded_as, survivors
 
 from nslab.labs import find_lab, labs_root
 
@@ -133,7 +133,6 @@ def test_hostile_submissions_gain_nothing(tmp_path):
     more than the starter, and the grading ends in bounded time."""
     if os.geteuid() != 0:
         pytest.skip("grading needs root (sandbox users)")
-    from nslab.grading import sandbox
     from nslab.grading.runner import grade_batch
 
     kit, m1 = _submission(tmp_path, "kit", "kit_scheduler.py", None)
@@ -141,20 +140,11 @@ def test_hostile_submissions_gain_nothing(tmp_path):
     starve, m3 = _submission(
         tmp_path, "starve", "hostile_scheduler.py", None, "\nPrefixBatching = Starver\n"
     )
-    old = os.environ.get("NSLAB_GRADE_PREFIX")
-    os.environ["NSLAB_GRADE_PREFIX"] = PREFIX
-    try:
+    with graded_as(PREFIX, USER):
         rs = {
             r.name: r
             for r in grade_batch(find_lab(LAB), [kit, bad, starve], tmp_path / "out", 2, USER)
         }
-    finally:
-        if old is None:
-            os.environ.pop("NSLAB_GRADE_PREFIX", None)
-        else:
-            os.environ["NSLAB_GRADE_PREFIX"] = old
-        for u in (USER, f"{USER}1"):
-            sandbox.remove_user(u)
     for name, r in rs.items():
         assert r.status == "ok", r
         assert r.score <= STARTER, (name, [(t["name"], t["outcome"], t["reason"]) for t in r.tests])

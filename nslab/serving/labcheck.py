@@ -119,19 +119,28 @@ def tolerated(counts: dict[str, int]) -> int:
     return max(3, sum(counts.values()) // 100)
 
 
-def measured_on_time(measure: Callable[[], Any], attempts: int = 2) -> Any:
+def measured_on_time(
+    measure: Callable[[], Any], attempts: int = 2, ready: Callable[[], bool] | None = None
+) -> Any:
     """`measure()` (a load result with `policy_counts`), measured again when the
     only fallbacks past the tolerance were late answers: lateness can be the
     machine's doing (the policy's process descheduled by other work), and a
     second run tells a stall from a slow policy, which is late again. Invalid
-    or failing answers are the policy's own: never measured again. The result
-    says how many runs it took (`attempts`)."""
+    or failing answers are the policy's own: never measured again. `ready()`
+    is asked before measuring again; False (the late run's backlog has not
+    drained, which a slow policy causes) keeps the earlier run. The result
+    says how many runs it took (`attempts`) and why it was not measured again
+    (`not_again`)."""
     for i in range(1, attempts + 1):
         r = measure()
         c = r.policy_counts
         r.attempts = i
+        r.not_again = ""
         own = fallbacks(c) - c.get("late", 0) - c.get("absent", 0)
         if fallbacks(c) <= tolerated(c) or own > tolerated(c) or not c.get("late"):
+            return r
+        if i < attempts and ready is not None and not ready():
+            r.not_again = "the late run's backlog had not drained"
             return r
     return r
 
@@ -141,6 +150,11 @@ def note_attempts(record, r: Any, who: str) -> None:
         record.note(
             f"{who}measured {r.attempts} times: an earlier run had answers after the "
             "deadline (a busy machine, or your policy); the last run counts"
+        )
+    elif getattr(r, "not_again", ""):
+        record.note(
+            f"{who}not measured again after answers past the deadline: "
+            f"{r.not_again}, as when your policy answers late"
         )
 
 

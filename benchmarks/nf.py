@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nslab.nf.netns import NetnsSet  # noqa: E402
+from nslab.process import interrupt_on_signals  # noqa: E402
 from nslab.wait import WaitTimeout, wait_until  # noqa: E402
 
 CONFIG = ROOT / "nslab/nf/configs/passthrough.click"
@@ -129,6 +130,7 @@ def main() -> int:
     ap.add_argument("--sizes", default="64,1500", help="frame sizes in bytes, comma-separated")
     ap.add_argument("--_send", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    interrupt_on_signals()  # a TERM removes the namespaces too
     if a._send:
         sender(a._send[0], int(a._send[1]), float(a._send[2]))
         return 0

@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import nf as nfbench  # noqa: E402  (benchmarks/nf.py: sender, rx counters)
 
 from nslab.nf.netns import NetnsSet, wait_for  # noqa: E402
+from nslab.process import interrupt_on_signals  # noqa: E402
 from nslab.xdp import loader  # noqa: E402
 
 COUNT_DROP = r"""
@@ -136,6 +137,7 @@ def main() -> int:
     )
     ap.add_argument("--seconds", type=float, default=3.0, help="sending time per measurement")
     a = ap.parse_args()
+    interrupt_on_signals()  # a TERM removes the namespaces too
     if os.geteuid() != 0:
         print("benchmarks/xdp.py needs root (namespaces, BPF)", file=sys.stderr)
         return 1

@@ -43,6 +43,20 @@ class Ready:
     timeout: float = 30.0
 
 
+def interrupt_on_signals(*sigs: int) -> None:
+    """Make SIGTERM and SIGHUP (or `sigs`) stop this program as Ctrl-C does,
+    with KeyboardInterrupt, so that its `finally:` blocks and fixture
+    teardowns run and what it created (network namespaces, processes) is
+    removed. By default SIGTERM (`timeout`, a CI runner) ends Python at once:
+    benchmarks killed that way left hundreds of namespaces behind."""
+
+    def _interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    for sig in sigs or (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
+
+
 def log_tail(path: Path | str, n: int = 15) -> str:
     """The last `n` lines of a log (read from its end: logs can be large)."""
     try:

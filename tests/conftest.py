@@ -14,6 +14,14 @@ REPO = Path(__file__).resolve().parents[1]
 IN_RELEASE = (REPO / "RELEASE").is_file()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # a TERM (a runner's timeout) tears the fixtures down like Ctrl-C: their
+    # namespaces, switches and processes do not outlive the run
+    from nslab.process import interrupt_on_signals
+
+    interrupt_on_signals()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if not IN_RELEASE:
         return

@@ -5,7 +5,8 @@
  * PSNs, coalesced ACKs (the requester asks for one every ACK_EVERY packets
  * and at the end of a message), a retransmit timer with go-back-N, NAK-
  * sequence fast retransmit, RNR NAKs, READ responses straight from
- * registered memory, WRITE/READ/SEND segmentation and reassembly, the
+ * registered memory and placed by PSN in any order at the requester (a lost
+ * one costs a re-request of the hole only: see read_repair), WRITE/READ/SEND segmentation and reassembly, the
  * ICRC, and rkey/bounds/access checks. Completions go into rings in memory
  * that Python owns and polls without a system call.
  *
@@ -90,6 +91,9 @@ enum { SYN_ACK = 0x1F, SYN_RNR_NAK = 0x20, SYN_NAK_PSN_SEQ = 0x60, SYN_NAK_INV_R
 #define ACTIVE_NS 200000000ull
 #define IDLE_WAKE_NS 50000000ull
 #define BTH_LEN 12
+/* A READ response hole is asked for again once this many later packets are
+ * in: a packet displaced by one or two (reordering) is not a loss. */
+#define REORDER_SLACK 2
 
 static int has_reth(int op) { return op == WRITE_FIRST || op == WRITE_ONLY || op == WRITE_ONLY_IMM || op == READ_REQUEST; }
 static int has_imm(int op) { return op == SEND_LAST_IMM || op == SEND_ONLY_IMM || op == WRITE_LAST_IMM || op == WRITE_ONLY_IMM; }
@@ -234,6 +238,8 @@ typedef struct { uint8_t *p; uint32_t len; mr_t *mr; } sge_t;
 typedef struct {
     uint64_t wr_id, raddr, length, got;
     uint64_t req_end, req_hi; /* READ: where the latest request ends; the furthest any did */
+    uint64_t *have;           /* READ: bitmap of the packets in beyond the in-order `got` (NULL: none) */
+    uint32_t seen, rr_mark;   /* READ: one past the highest packet in; holes below rr_mark were re-requested */
     uint32_t imm, rkey, first_psn, npkts;
     int op, signaled, nsge;
     sge_t sge[MAX_SGE];
@@ -259,7 +265,6 @@ typedef struct qp {
     uint32_t snd_nxt, snd_una, next_psn;
     int retry_cnt, retries_left, rnr_retry, rnr_left, rnr_wait, max_rd_atomic;
     uint32_t cwnd, ssthresh; /* packets in flight after a loss (AIMD), MAX_INFLIGHT before */
-    int read_retry_valid; uint32_t read_retry_psn; uint64_t read_retry_t;
     uint64_t timeout_ns, deadline; /* 0: no timer */
     uint64_t rto, srtt, rttvar;    /* ns; srtt 0: no sample yet */
     uint32_t snd_max;              /* one past the highest PSN ever sent (Karn: no samples of resends) */
@@ -442,7 +447,11 @@ static void send_burst(Engine *E, qp_t *q, int m, size_t seglen, size_t hl) {
 
 /* ---- requester */
 static wqe_t *sq_at(qp_t *q, uint32_t i) { return &q->sq[(q->sq_head + i) % q->sq_cap]; }
-static void mr_unref_wqe(wqe_t *w) { for (int i = 0; i < w->nsge; i++) if (w->sge[i].mr) w->sge[i].mr->refs--; w->nsge = 0; }
+static void mr_unref_wqe(wqe_t *w) {
+    for (int i = 0; i < w->nsge; i++) if (w->sge[i].mr) w->sge[i].mr->refs--;
+    w->nsge = 0;
+    free(w->have); w->have = NULL;
+}
 static int wc_op(int op) { return op == WR_READ ? WC_RDMA_READ : (op == WR_WRITE || op == WR_WRITE_IMM) ? WC_RDMA_WRITE : WC_SEND; }
 
 static void complete_send(Engine *E, qp_t *q, wqe_t *w, int status, int force) {
@@ -575,6 +584,54 @@ static void xmit_middles(Engine *E, qp_t *q, wqe_t *w, uint32_t k, int m) {
     send_burst(E, q, m, seglen, BTH_LEN);
 }
 
+/* ---- READ: responses land where their PSN says; holes are asked for again */
+static uint64_t rd_len(const wqe_t *w, uint32_t k, uint32_t mtu) {
+    uint64_t off = (uint64_t)k * mtu;
+    return w->length - off < mtu ? w->length - off : mtu;
+}
+static uint32_t rd_next(const wqe_t *w, uint32_t mtu) { return (uint32_t)(w->got / mtu); } /* the first packet not in order */
+static int rd_has(const wqe_t *w, uint32_t k) { return w->have && ((w->have[k >> 6] >> (k & 63)) & 1); }
+static int rd_mark(wqe_t *w, uint32_t k) {
+    if (!w->have && !(w->have = calloc((w->npkts + 63) / 64, sizeof *w->have))) return 0;
+    w->have[k >> 6] |= 1ull << (k & 63);
+    return 1;
+}
+
+/* A READ request for packets [a, b) of w (a duplicate, when the responder
+ * executed them before: it serves them again, IBA 9.7.5.2.10). */
+static void read_request(Engine *E, qp_t *q, wqe_t *w, uint32_t a, uint32_t b) {
+    uint64_t off = (uint64_t)a * q->mtu, end = (uint64_t)b * q->mtu;
+    if (end > w->length) end = w->length;
+    uint8_t *p = E->txbuf;
+    bth(p, READ_REQUEST, q->dqpn, psn_add(w->first_psn, a), 1, 0);
+    wr64(p + 12, w->raddr + off); wr32(p + 20, w->rkey); wr32(p + 24, (uint32_t)(end - off));
+    sock_send(E, q, p, finish(E, q, p, 28, 0, 0));
+}
+
+/* Ask again for the holes of w: those below what arrived since (REORDER_SLACK
+ * later packets are in), or after a timeout (`all`) every hole of what was
+ * requested. Each hole once until the next timeout (rr_mark), and at most a
+ * window's worth of packets per call (on real congestion the holes are large:
+ * they come back a window at a time). Selective repeat for READs only: the
+ * responder must take SEND/WRITE packets in order (go-back-N, as the spec). */
+static void read_repair(Engine *E, qp_t *q, wqe_t *w, int all) {
+    uint32_t k = rd_next(w, q->mtu), budget = q->cwnd, sent = 0;
+    uint32_t lim = all ? (uint32_t)((w->req_hi + q->mtu - 1) / q->mtu) : w->seen > REORDER_SLACK ? w->seen - REORDER_SLACK : 0;
+    if (all) w->rr_mark = k;
+    if (k < w->rr_mark) k = w->rr_mark;
+    while (k < lim && sent < budget) {
+        if (rd_has(w, k)) { k++; continue; }
+        uint32_t b = k + 1;
+        while (b < lim && !rd_has(w, b) && b - k < budget - sent) b++;
+        read_request(E, q, w, k, b);
+        E->stats[ST_READ_GAPS]++;
+        sent += b - k;
+        k = b;
+    }
+    if (k > w->rr_mark) w->rr_mark = k;
+    if (sent && !all) on_loss(q);
+}
+
 /* Transmit from snd_nxt while the window allows. */
 static void pump(Engine *E, qp_t *q) {
     if (q->state != QPS_RTS) return;
@@ -592,20 +649,15 @@ static void pump(Engine *E, qp_t *q) {
         }
         if (w->op == WR_READ) {
             if ((reads >= q->max_rd_atomic || read_bytes >= READ_INFLIGHT_BYTES) && i > 0) break;
-            uint64_t off = (uint64_t)k * q->mtu, len = w->length - off;
-            /* after a loss, ask for a window's worth at a time (a READ gap then
-             * costs one window again, not the rest of the message) */
-            if (q->cwnd < MAX_INFLIGHT && len > (uint64_t)q->cwnd * q->mtu) len = (uint64_t)q->cwnd * q->mtu;
-            /* A request's PSNs must stay within what the responder executed
-             * before (a duplicate) or start exactly where that ends (new). */
-            if (off < w->req_hi && off + len > w->req_hi) len = w->req_hi - off;
-            w->req_end = off + len;
-            if (w->req_end > w->req_hi) w->req_hi = w->req_end;
-            uint8_t *b = E->txbuf;
-            bth(b, READ_REQUEST, q->dqpn, q->snd_nxt, 1, 0);
-            wr64(b + 12, w->raddr + off); wr32(b + 20, w->rkey); wr32(b + 24, (uint32_t)len);
-            sock_send(E, q, b, finish(E, q, b, 28, 0, 0));
-            reads++; read_bytes += len;
+            uint64_t off = (uint64_t)k * q->mtu;
+            if (off < w->req_hi) read_repair(E, q, w, 1); /* a resend: only what is missing */
+            else { /* new data: up to READ_INFLIGHT_BYTES per request */
+                uint64_t len = w->length - off;
+                if (len > READ_INFLIGHT_BYTES) len = READ_INFLIGHT_BYTES;
+                read_request(E, q, w, k, k + (uint32_t)((len + q->mtu - 1) / q->mtu));
+                w->req_end = w->req_hi = off + len;
+            }
+            reads++; read_bytes += w->req_end - w->got;
             q->snd_nxt = psn_add(w->first_psn, w->npkts);
             i++;
             continue;
@@ -629,7 +681,6 @@ static void pump(Engine *E, qp_t *q) {
 static void go_back(Engine *E, qp_t *q, uint32_t psn) {
     E->stats[ST_RETRANS]++;
     q->snd_nxt = psn;
-    q->read_retry_valid = 0;
     q->probe_valid = 0;
     pump(E, q);
 }
@@ -744,57 +795,40 @@ static void on_response(Engine *E, qp_t *q, int op, uint32_t psn, const uint8_t 
     wqe_t *w = sq_at(q, 0);
     if (w->op != WR_READ) return;
     int32_t k = psn_diff(psn, w->first_psn);
-    int32_t expect = w->length ? (int32_t)(w->got / q->mtu) : 0;
-    if (k < expect || k >= (int32_t)w->npkts) return; /* duplicate */
-    if (k > expect) { /* a response was lost: ask again from the missing one, once */
-        if ((uint64_t)k * q->mtu >= w->req_end) return; /* from an earlier, longer request */
-        uint32_t want = psn_add(w->first_psn, expect);
-        if (!q->read_retry_valid || q->read_retry_psn != want) {
-            q->snd_una = want;
-            E->stats[ST_READ_GAPS]++;
-            on_loss(q);
-            go_back(E, q, want);
-            q->read_retry_valid = 1; q->read_retry_psn = want;
-        }
-        return;
-    }
+    uint32_t next = rd_next(w, q->mtu);
+    if (k < (int32_t)next || k >= (int32_t)w->npkts || rd_has(w, (uint32_t)k)) return; /* duplicate */
+    if ((uint64_t)k * q->mtu >= w->req_hi && w->length) return; /* never asked for */
     size_t hl = op != READ_RESP_MIDDLE ? 16 : 12;
     if (n < hl + (size_t)pad) { E->stats[ST_RX_SHORT]++; return; }
     size_t dl = n - hl - (size_t)pad;
-    int lastop = op == READ_RESP_LAST || op == READ_RESP_ONLY;
-    if (w->got + dl > w->length || (!lastop && dl != q->mtu)) {
+    if (dl != rd_len(w, (uint32_t)k, q->mtu)) {
         sq_pop_front(q);
         complete_send(E, q, w, WC_BAD_RESP_ERR, 1);
         to_error(E, q);
         return;
     }
-    scatter_copy(w, w->got, pkt + hl, dl);
-    w->got += dl;
-    q->snd_una = psn_add(psn, 1);
+    if ((uint32_t)k != next && !rd_mark(w, (uint32_t)k)) return; /* no memory for the bitmap: as if lost */
+    scatter_copy(w, (uint64_t)k * q->mtu, pkt + hl, dl);
+    if ((uint32_t)k == next) /* the in-order prefix grows, over what came early too */
+        for (w->got += dl, next++; next < w->npkts && rd_has(w, next); next++) w->got += rd_len(w, next, q->mtu);
+    if ((uint32_t)k + 1 > w->seen) w->seen = (uint32_t)k + 1;
+    q->snd_una = psn_add(w->first_psn, next);
     on_acked(q, 1);
     rtt_check(q, psn);
     q->retries_left = q->retry_cnt; /* forward progress: the timer restarts (no wake-up needed) */
     q->rto = rto_of(q);
     if (q->deadline) q->deadline = now_ns() + q->rto;
-    if (lastop && w->got < w->length && dl == q->mtu) {
-        /* the end of a window-sized chunk (ours: ask for the next one), or of
-         * an earlier request that a retry overlaps (just data) */
-        if (w->got >= w->req_end) {
-            q->read_retry_valid = 0;
-            progress_made(E, q);
-            q->snd_nxt = q->snd_una;
-            pump(E, q);
-        }
-        return;
-    }
-    if (lastop) {
-        if (w->got != w->length) { complete_send(E, q, w, WC_BAD_RESP_ERR, 1); sq_pop_front(q); to_error(E, q); return; }
+    if (w->got == w->length) {
         complete_send(E, q, w, WC_SUCCESS, 0);
         sq_pop_front(q);
-        q->read_retry_valid = 0;
         progress_made(E, q);
         pump(E, q);
-    } else if (k % ACK_EVERY == 0) progress_made(E, q);
+    } else if (w->got >= w->req_end) { /* what we asked for is in: ask for the next part */
+        progress_made(E, q);
+        q->snd_nxt = q->snd_una;
+        pump(E, q);
+    } else if (w->seen > next + REORDER_SLACK) read_repair(E, q, w, 0);
+    else if (k % ACK_EVERY == 0) progress_made(E, q);
 }
 
 /* ---- responder */
@@ -1355,7 +1389,7 @@ static void qp_reset_transport(Engine *E, qp_t *q) {
     if (q->cur_write_valid) q->cw_mr->refs--;
     q->cur_recv_valid = q->cur_write_valid = 0;
     q->snd_nxt = q->snd_una = q->next_psn = q->epsn = q->msn = 0;
-    q->deadline = 0; q->nak_sent = 0; q->rnr_wait = 0; q->read_retry_valid = 0;
+    q->deadline = 0; q->nak_sent = 0; q->rnr_wait = 0;
     q->cwnd = q->ssthresh = MAX_INFLIGHT;
     q->srtt = q->rttvar = 0; q->probe_valid = q->nak_valid = 0; q->snd_max = 0;
     q->rto = rto_of(q);

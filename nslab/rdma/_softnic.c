@@ -5,15 +5,17 @@
  * PSNs, coalesced ACKs (the requester asks for one every ACK_EVERY packets
  * and at the end of a message), a retransmit timer with go-back-N, NAK-
  * sequence fast retransmit, RNR NAKs, READ responses straight from
- * registered memory and placed by PSN in any order at the requester (a lost
- * one costs a re-request of the hole only: see read_repair), WRITE/READ/SEND segmentation and reassembly, the
- * ICRC, and rkey/bounds/access checks. Completions go into rings in memory
- * that Python owns and polls without a system call.
+ * registered memory, WRITE/READ/SEND segmentation and reassembly, the ICRC,
+ * and rkey/bounds/access checks. Completions go into rings in memory that
+ * Python owns and polls without a system call.
  *
  * nslab/rdma/soft.py is the readable reference of the same state machine
- * (method names match: pump, go_back, ack_upto, on_request, ...); the
- * Python side (nslab/rdma/native.py) keeps the verbs API and the control
- * path (QP set-up, memory registration, CM).
+ * (method names match: pump, go_back, ack_upto, on_request, ...). One
+ * difference, on the wire the same: this requester places READ responses by
+ * PSN in any order and asks again for a lost one alone (read_repair), where
+ * the reference goes back N for READs too. The Python side
+ * (nslab/rdma/native.py) keeps the verbs API and the control path (QP
+ * set-up, memory registration, CM).
  *
  * Locking: one mutex per engine guards every QP, MR and CQ of it. Python
  * calls (post_send, post_recv, progress, modify) take it with the GIL
@@ -240,6 +242,7 @@ typedef struct {
     uint64_t req_end, req_hi; /* READ: where the latest request ends; the furthest any did */
     uint64_t *have;           /* READ: bitmap of the packets in beyond the in-order `got` (NULL: none) */
     uint32_t seen, rr_mark;   /* READ: one past the highest packet in; holes below rr_mark were re-requested */
+    int rr_more;              /* READ: a resend stopped at a window's worth: go on once that is in */
     uint32_t imm, rkey, first_psn, npkts;
     int op, signaled, nsge;
     sge_t sge[MAX_SGE];
@@ -608,16 +611,19 @@ static void read_request(Engine *E, qp_t *q, wqe_t *w, uint32_t a, uint32_t b) {
     sock_send(E, q, p, finish(E, q, p, 28, 0, 0));
 }
 
-/* Ask again for the holes of w: those below what arrived since (REORDER_SLACK
- * later packets are in), or after a timeout (`all`) every hole of what was
- * requested. Each hole once until the next timeout (rr_mark), and at most a
- * window's worth of packets per call (on real congestion the holes are large:
- * they come back a window at a time). Selective repeat for READs only: the
- * responder must take SEND/WRITE packets in order (go-back-N, as the spec). */
-static void read_repair(Engine *E, qp_t *q, wqe_t *w, int all) {
+/* Ask again for the holes of w. RR_SEEN: those below what arrived since
+ * (REORDER_SLACK later packets are in). RR_ALL, after a timeout or a NAK:
+ * every hole of what was requested. RR_MORE: the rest of an RR_ALL that
+ * stopped at its budget, once what it asked for is in. Each hole once until
+ * the next RR_ALL (rr_mark), and at most a window's worth of packets per call
+ * (on real congestion the holes are large: they come back a window per round
+ * trip). Selective repeat for READs only: the responder must take SEND and
+ * WRITE packets in order (go-back-N, as the spec says). */
+enum { RR_SEEN, RR_ALL, RR_MORE };
+static void read_repair(Engine *E, qp_t *q, wqe_t *w, int mode) {
     uint32_t k = rd_next(w, q->mtu), budget = q->cwnd, sent = 0;
-    uint32_t lim = all ? (uint32_t)((w->req_hi + q->mtu - 1) / q->mtu) : w->seen > REORDER_SLACK ? w->seen - REORDER_SLACK : 0;
-    if (all) w->rr_mark = k;
+    uint32_t lim = mode != RR_SEEN ? (uint32_t)((w->req_hi + q->mtu - 1) / q->mtu) : w->seen > REORDER_SLACK ? w->seen - REORDER_SLACK : 0;
+    if (mode == RR_ALL) w->rr_mark = k;
     if (k < w->rr_mark) k = w->rr_mark;
     while (k < lim && sent < budget) {
         if (rd_has(w, k)) { k++; continue; }
@@ -629,7 +635,8 @@ static void read_repair(Engine *E, qp_t *q, wqe_t *w, int all) {
         k = b;
     }
     if (k > w->rr_mark) w->rr_mark = k;
-    if (sent && !all) on_loss(q);
+    if (mode != RR_SEEN) w->rr_more = k < lim;
+    if (sent && mode == RR_SEEN) on_loss(q);
 }
 
 /* Transmit from snd_nxt while the window allows. */
@@ -650,7 +657,7 @@ static void pump(Engine *E, qp_t *q) {
         if (w->op == WR_READ) {
             if ((reads >= q->max_rd_atomic || read_bytes >= READ_INFLIGHT_BYTES) && i > 0) break;
             uint64_t off = (uint64_t)k * q->mtu;
-            if (off < w->req_hi) read_repair(E, q, w, 1); /* a resend: only what is missing */
+            if (off < w->req_hi) read_repair(E, q, w, RR_ALL); /* a resend: only what is missing */
             else { /* new data: up to READ_INFLIGHT_BYTES per request */
                 uint64_t len = w->length - off;
                 if (len > READ_INFLIGHT_BYTES) len = READ_INFLIGHT_BYTES;
@@ -827,7 +834,8 @@ static void on_response(Engine *E, qp_t *q, int op, uint32_t psn, const uint8_t 
         progress_made(E, q);
         q->snd_nxt = q->snd_una;
         pump(E, q);
-    } else if (w->seen > next + REORDER_SLACK) read_repair(E, q, w, 0);
+    } else if (w->rr_more && next >= w->rr_mark) read_repair(E, q, w, RR_MORE);
+    else if (w->seen > next + REORDER_SLACK) read_repair(E, q, w, RR_SEEN);
     else if (k % ACK_EVERY == 0) progress_made(E, q);
 }
 

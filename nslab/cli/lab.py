@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -75,6 +76,18 @@ def _submission(spec: LabSpec, given: Path | None) -> Path:
     return spec.path / "starter"
 
 
+def _live_user() -> str:
+    """The first `nslab-live` user that no running lab has: `lab stop` kills
+    every process of its lab's user, so that user must be its lab's alone
+    (and never a grading's, whose users are `nslab-student`...)."""
+    taken = set()
+    for f in STATE_DIR.glob("*.json"):
+        with contextlib.suppress(OSError, ValueError):
+            taken.add(json.loads(f.read_text()).get("user"))
+    users = (sandbox.slot_user(sandbox.LIVE_USER, i) for i in range(64))
+    return next((u for u in users if u not in taken), sandbox.LIVE_USER)
+
+
 def _start(spec: LabSpec, args: argparse.Namespace) -> int:
     state_file = STATE_DIR / f"{spec.id}.json"
     if state_file.exists():
@@ -86,7 +99,7 @@ def _start(spec: LabSpec, args: argparse.Namespace) -> int:
             known = ", ".join(v.name for v in spec.variants) or "none"
             raise NslabError(f"lab {spec.id} has no variant '{args.variant}' (variants: {known})")
     sub = _submission(spec, args.submission)
-    user = sandbox.slot_user(None, 0)
+    user = _live_user()
     sandbox.ensure_user(user)
     limits = sandbox.Limits.from_dict(spec.limits)
     STATE_DIR.mkdir(parents=True, exist_ok=True)

@@ -122,13 +122,19 @@ def grade_one(
     out_dir: Path,
     *,
     name: str | None = None,
-    slot: int = 0,
     visibility: str = "all",
     user_base: str | None = None,
+    user: str | None = None,
     keep: bool = False,
 ) -> SubmissionResult:
     """Grade one submission into `out_dir` (results.json, junit.xml,
-    report.html, logs/). Never raises for anything the submission does."""
+    report.html, logs/) as the sandbox user `user` (a user of `user_base`
+    leased for it when None). Never raises for anything the submission does."""
+    if user is None:
+        with sandbox.lease_users(user_base, 1) as (leased,):
+            return grade_one(
+                spec, submission, out_dir, name=name, visibility=visibility, user=leased, keep=keep
+            )
     t0, psi0 = time.monotonic(), host.cpu_pressure_us()
     submission = Path(submission)
     res = SubmissionResult(
@@ -145,7 +151,6 @@ def grade_one(
     gdir = Path(tempfile.mkdtemp(prefix=f"{prefix}-grade-"))  # 0700, root only
     workdir: Path | None = None
     instance = _instance_name(prefix)
-    user = sandbox.slot_user(user_base, slot)
     try:
         try:  # a .zip, or the files inside a folder of their own
             submission = submissions.prepare(
@@ -359,24 +364,21 @@ def grade_batch(
         raise NslabError("--jobs must be at least 1")
     out.mkdir(parents=True, exist_ok=True)
     names = unique_names(submissions)
-    slots: queue.Queue[int] = queue.Queue()
-    for i in range(jobs):
-        slots.put(i)
+    slots: queue.Queue[str] = queue.Queue()  # the batch's leased users: one per slot
     results: list[SubmissionResult | None] = [None] * len(submissions)
     done = [0]
     lock = threading.Lock()
 
     def work(i: int) -> None:
-        slot = slots.get()
+        user = slots.get()
         try:
             r = grade_one(
                 spec,
                 submissions[i],
                 out / names[i],
                 name=names[i],
-                slot=slot,
                 visibility=visibility,
-                user_base=user_base,
+                user=user,
             )
         except Exception as exc:  # a grader bug must not stop the batch either
             r = SubmissionResult(
@@ -386,14 +388,16 @@ def grade_batch(
             outputs_dir.mkdir(parents=True, exist_ok=True)
             (outputs_dir / "results.json").write_text(json.dumps(outputs.results_json(r), indent=2))
         finally:
-            slots.put(slot)
+            slots.put(user)
         results[i] = r
         with lock:
             done[0] += 1
             if progress:
                 progress(r, done[0], len(submissions))
 
-    with ThreadPoolExecutor(max_workers=jobs) as ex:
+    with sandbox.lease_users(user_base, jobs) as users, ThreadPoolExecutor(jobs) as ex:
+        for u in users:
+            slots.put(u)
         list(ex.map(work, range(len(submissions))))
     final = [r for r in results if r is not None]
     outputs.write_summary(final, out / "summary.csv")

@@ -11,7 +11,10 @@ RLIMIT_NPROC counts every process of a user, so each concurrent grading slot
 gets its own dedicated system user (`nslab-student`, `nslab-student1`, ...):
 a fork bomb in one submission cannot starve another, and after a submission
 `kill_user_processes` kills exactly the processes of that slot's user (only
-sandboxed student code ever runs as it).
+sandboxed student code ever runs as it). `lease_users` hands a grading its
+users for as long as it runs, so a second batch or a student's `nslab check`
+on the same machine gets other ones; a lab a student starts (`nslab lab
+start`) runs its code as a `nslab-live` user of its own.
 
 Used as a program, it is an exec wrapper for places where a preexec function
 cannot be passed (e.g. after `ip netns exec`):
@@ -22,6 +25,7 @@ cannot be passed (e.g. after `ip netns exec`):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import json
 import os
@@ -33,13 +37,14 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from nslab.errors import NslabError
 
 DEFAULT_USER = "nslab-student"
+LIVE_USER = "nslab-live"  # base name of the users of labs a student starts
 _MB = 1024 * 1024
 
 
@@ -78,6 +83,57 @@ def slot_user(base: str | None, slot: int) -> str:
     """The dedicated user of grading slot `slot` (0: the base name itself)."""
     base = base or os.environ.get("NSLAB_STUDENT_USER", DEFAULT_USER)
     return base if slot == 0 else f"{base}{slot}"
+
+
+@contextlib.contextmanager
+def lease_users(base: str | None, n: int) -> Iterator[list[str]]:
+    """`n` sandbox users of `base` (base, base1, base2, ...) that no other
+    grading holds, for as long as the block runs: a file lock per user in
+    /run/nslab/users, which the kernel drops if this process dies, so a crash
+    leaves no stale lease (only the file, which the next holder reuses).
+    Grading kills every process of its users before and after each
+    submission: the lease is what makes that safe beside another batch."""
+    from nslab.engine.state import RUN_DIR
+
+    d = RUN_DIR / "users"
+    d.mkdir(parents=True, exist_ok=True)
+    held: list[tuple[Path, int]] = []
+    try:
+        for slot in range(n + 64):
+            if len(held) == n:
+                break
+            path = d / f"{slot_user(base, slot)}.lock"
+            fd = _lock(path)
+            if fd is not None:
+                held.append((path, fd))
+        if len(held) < n:
+            raise NslabError(
+                f"only {len(held)} of {n} sandbox users named {slot_user(base, 0)}[N] are free: "
+                "other gradings hold the rest; wait for them, or give --user another name"
+            )
+        yield [p.name.removesuffix(".lock") for p, _ in held]
+    finally:
+        for path, fd in held:  # removed while still locked: a waiter re-checks (_lock)
+            path.unlink(missing_ok=True)
+            os.close(fd)
+
+
+def _lock(path: Path) -> int | None:
+    """An fd holding the lock of `path`, or None when another process holds it.
+    A lock taken on a file its holder has just removed is no lock: retried."""
+    while True:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
 
 
 def ensure_user(name: str) -> pwd.struct_passwd:

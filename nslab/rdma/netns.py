@@ -51,10 +51,13 @@ class Pair:
             _ip("netns", "del", ns, check=False)
 
 
-def make_pair(prefix: str, mtu: int = 1500, subnet: str = "10.79.0") -> Pair:
+def make_pair(prefix: str, mtu: int = 1500, subnet: str = "10.79.0", gro: bool = False) -> Pair:
     """Create namespaces <prefix>a and <prefix>b joined by a veth pair. Checksum
     and segmentation offloads are turned off (like the rest of nslab does).
-    Raises CapabilityError without root; removes what it made on failure."""
+    `gro`: receive offload on at both ends (a veth does GRO once it is on,
+    Linux >= 5.13), so that UDP GRO hands a RoCE receiver its segments in
+    batches, as a NIC's GRO would. Raises CapabilityError without root;
+    removes what it made on failure."""
     if os.geteuid() != 0:
         raise CapabilityError("creating network namespaces needs root")
     p = Pair(f"{prefix}a", f"{prefix}b", f"{prefix}x", f"{prefix}y", f"{subnet}.1", f"{subnet}.2")
@@ -81,6 +84,7 @@ def make_pair(prefix: str, mtu: int = 1500, subnet: str = "10.79.0") -> Pair:
                     "off",
                     "gso",
                     "off",
+                    *(["gro", "on"] if gro else []),
                 ],
                 capture_output=True,
             )

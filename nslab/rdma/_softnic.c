@@ -601,7 +601,7 @@ static int rd_mark(wqe_t *w, uint32_t k) {
 }
 
 /* A READ request for packets [a, b) of w (a duplicate, when the responder
- * executed them before: it serves them again, IBA 9.7.5.2.10). */
+ * executed them before: it serves them again, see on_request). */
 static void read_request(Engine *E, qp_t *q, wqe_t *w, uint32_t a, uint32_t b) {
     uint64_t off = (uint64_t)a * q->mtu, end = (uint64_t)b * q->mtu;
     if (end > w->length) end = w->length;

@@ -22,11 +22,12 @@ SUBS = DATA / "submissions"
 USER = f"tg{os.getpid() % 100000:05d}s"
 
 
-def _users() -> list[str]:
+def _users(base: str = USER) -> list[str]:
+    """The sandbox users of `base`: base, base1, base2, ... (as leased by gradings)."""
     return [
         p.pw_name
         for p in pwd.getpwall()
-        if p.pw_name == USER or (p.pw_name.startswith(USER) and p.pw_name[len(USER) :].isdigit())
+        if p.pw_name == base or (p.pw_name.startswith(base) and p.pw_name[len(base) :].isdigit())
     ]
 
 
@@ -64,9 +65,8 @@ def graded_as(prefix: str, user: str) -> Iterator[str]:
             os.environ.pop("NSLAB_GRADE_PREFIX", None)
         else:
             os.environ["NSLAB_GRADE_PREFIX"] = old
-        for u in [p.pw_name for p in pwd.getpwall()]:  # user, user1, ... (leased by the gradings)
-            if u == user or (u.startswith(user) and u[len(user) :].isdigit()):
-                sandbox.remove_user(u)
+        for u in _users(user):
+            sandbox.remove_user(u)
 
 
 def survivors(marks: list[str]) -> list[str]:

@@ -68,9 +68,12 @@ def test_chat_with_the_openai_client(client):
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == r.choices[0].message.content
     assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == r.usage.total_tokens
-    # Without include_usage there is no usage chunk, as with OpenAI.
+    # Without include_usage there is no usage chunk, as with OpenAI. This one samples
+    # (temperature 1), so ignore_eos keeps a sampled end-of-sequence from ending it early.
     plain = list(
-        client.chat.completions.create(model="tiny", messages=msgs, max_tokens=3, stream=True)
+        client.chat.completions.create(
+            model="tiny", messages=msgs, max_tokens=3, stream=True, extra_body={"ignore_eos": True}
+        )
     )
     assert all(c.choices for c in plain) and plain[-1].choices[0].finish_reason == "length"
 

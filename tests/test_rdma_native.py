@@ -8,6 +8,7 @@ duplicating, reordering forwarder in a middle namespace; the build itself
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -347,16 +348,31 @@ def test_the_requester_timer_follows_the_round_trip_and_stale_naks_are_ignored()
         srv.ctx.close()
 
 
+def _read_request(pkt: bytes) -> tuple[int, int, int] | None:
+    """(psn, va, len) of a READ request, else None."""
+    op, _, _, _, _, psn = w.unpack_bth(pkt)
+    if op != w.READ_REQUEST:
+        return None
+    va, _, ln = w.RETH.unpack_from(pkt, 12)
+    return psn, va, ln
+
+
 def _requests(sock: socket.socket, n: int, timeout: float = 5.0) -> list[tuple[int, int, int]]:
     """The next n READ requests a requester sent to `sock`: (psn, va, len)."""
-    out = []
+    out: list = []
     sock.settimeout(timeout)
     while len(out) < n:
-        pkt = sock.recv(65536)
-        op, _, _, _, _, psn = w.unpack_bth(pkt)
-        if op == w.READ_REQUEST:
-            va, _, ln = w.RETH.unpack_from(pkt, 12)
-            out.append((psn, va, ln))
+        out += filter(None, [_read_request(sock.recv(65536))])
+    return out
+
+
+def _queued_requests(sock: socket.socket) -> list[tuple[int, int, int]]:
+    """The READ requests already waiting in `sock`, without waiting for more."""
+    out: list = []
+    sock.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            out += filter(None, [_read_request(sock.recv(65536))])
     return out
 
 
@@ -402,6 +418,68 @@ def test_a_lost_read_response_costs_a_re_request_of_the_hole_only():
             fake.close()
         cli.ctx.close()
         srv.ctx.close()
+
+
+def _window_resend_once() -> bool | None:
+    """One run of the scenario below; None when a timer fired while the test
+    fed the first window (then what followed is the timer's, not the feed's)."""
+    srv = Side(None, "127.0.0.1", True)
+    cli = Side(None, "127.0.0.1", True)
+    fake = None
+    try:
+        ep, _ = connect(srv, cli, None, None, "127.0.0.1", 1024)
+        sp, cp, qpn = srv.ctx.port, cli.ctx.port, ep.qp.qp_num
+        srv.ctx.close()  # its port is ours now
+        fake = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        fake.bind(("127.0.0.1", sp))
+        n = 1024
+        data = random.Random(6).randbytes(n * 1024)
+        rdma(ep, cli, e.IBV_WR_RDMA_READ, len(data), 1 << 20, 0)
+        ((psn, va, ln),) = _requests(fake, 1)
+        aeth = w.AETH.pack((w.SYN_ACK << 24) | 1)
+
+        def packet(k: int, first: int, last: int) -> bytes:
+            op = w.READ_RESP_FIRST if k == first else w.READ_RESP_LAST if k == last else w.READ_RESP_MIDDLE  # fmt: skip
+            body = w.pack_bth(op, qpn, w.psn_add(psn, k))
+            body += (aeth if op != w.READ_RESP_MIDDLE else b"") + data[k * 1024 : (k + 1) * 1024]
+            return _packet(cp, sp, body)
+
+        # No answer at all: the timer asks again, for the first window only
+        # (the window is MAX_INFLIGHT = 512 packets; nothing was lost before).
+        again = next(r for r in iter(lambda: _requests(fake, 1, 10)[0], None) if r != (psn, va, ln))
+        assert again == (psn, va, 512 * 1024), again
+        first = [packet(k, 0, 511) for k in range(512)]  # built before: the feed is quick
+        t0 = cli.ctx.stats["timeouts"]
+        for p in first:
+            cli.ctx.engine.feed(p, "127.0.0.1", sp)
+        if cli.ctx.stats["timeouts"] != t0:
+            return None
+        # The second window was asked for by the last packet of the first,
+        # before this line: it is waiting in the socket already.
+        pending = _queued_requests(fake)
+        rest = (w.psn_add(psn, 512), va + 512 * 1024, 512 * 1024)
+        assert [r for r in pending if r != again] == [rest], pending
+        for k in range(512, n):
+            cli.ctx.engine.feed(packet(k, 512, n - 1), "127.0.0.1", sp)
+        wait(ep.cq, timeout=5)
+        assert cli.mr.read(len(data), 1 << 20) == data
+        return True
+    finally:
+        if fake is not None:
+            fake.close()
+        cli.ctx.close()
+        srv.ctx.close()
+
+
+@needs_native
+def test_a_resend_after_a_timeout_asks_a_window_at_a_time():
+    """A timed-out READ of 1024 packets is asked for again a window (cwnd) at a
+    time, and the next window as soon as the previous one is in, not at the
+    next timeout. Retried when a timer fires during the feed (a slow machine)."""
+    for _ in range(3):
+        if _window_resend_once():
+            return
+    pytest.fail("a timer fired while feeding the first window, 3 times: the machine is too slow")
 
 
 @needs_native

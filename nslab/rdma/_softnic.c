@@ -241,8 +241,9 @@ typedef struct {
     uint64_t wr_id, raddr, length, got;
     uint64_t req_end, req_hi; /* READ: where the latest request ends; the furthest any did */
     uint64_t *have;           /* READ: bitmap of the packets in beyond the in-order `got` (NULL: none) */
-    uint32_t seen, rr_mark;   /* READ: one past the highest packet in; holes below rr_mark were re-requested */
+    uint32_t rr_mark;         /* READ: holes below it were re-requested */
     int rr_more;              /* READ: a resend stopped at a window's worth: go on once that is in */
+    int rd_done;              /* READ: every response is in (a 0-byte READ too) */
     uint32_t imm, rkey, first_psn, npkts;
     int op, signaled, nsge;
     sge_t sge[MAX_SGE];
@@ -271,6 +272,7 @@ typedef struct qp {
     uint64_t timeout_ns, deadline; /* 0: no timer */
     uint64_t rto, srtt, rttvar;    /* ns; srtt 0: no sample yet */
     uint32_t snd_max;              /* one past the highest PSN ever sent (Karn: no samples of resends) */
+    uint32_t rd_hi;                /* one past the highest READ response PSN in (of any READ) */
     int probe_valid; uint32_t probe_psn; uint64_t probe_t; /* the packet being timed */
     int nak_valid; uint32_t nak_psn; uint64_t nak_t;       /* the latest NAK-sequence we acted on */
     /* responder */
@@ -594,6 +596,12 @@ static uint64_t rd_len(const wqe_t *w, uint32_t k, uint32_t mtu) {
 }
 static uint32_t rd_next(const wqe_t *w, uint32_t mtu) { return (uint32_t)(w->got / mtu); } /* the first packet not in order */
 static int rd_has(const wqe_t *w, uint32_t k) { return w->have && ((w->have[k >> 6] >> (k & 63)) & 1); }
+/* How many of w's packets are at or below the highest READ response PSN in
+ * (more than w has when a later READ's response came). */
+static uint32_t rd_seen(const qp_t *q, const wqe_t *w) {
+    int32_t d = psn_diff(q->rd_hi, w->first_psn);
+    return d > 0 ? (uint32_t)d : 0;
+}
 static int rd_mark(wqe_t *w, uint32_t k) {
     if (!w->have && !(w->have = calloc((w->npkts + 63) / 64, sizeof *w->have))) return 0;
     w->have[k >> 6] |= 1ull << (k & 63);
@@ -611,6 +619,15 @@ static void read_request(Engine *E, qp_t *q, wqe_t *w, uint32_t a, uint32_t b) {
     sock_send(E, q, p, finish(E, q, p, 28, 0, 0));
 }
 
+/* The next part of w, from where the furthest request ended: at most
+ * READ_INFLIGHT_BYTES per request (a multiple of every MTU). */
+static void read_more(Engine *E, qp_t *q, wqe_t *w) {
+    uint64_t off = w->req_hi, len = w->length - off;
+    if (len > READ_INFLIGHT_BYTES) len = READ_INFLIGHT_BYTES;
+    read_request(E, q, w, (uint32_t)(off / q->mtu), (uint32_t)((off + len + q->mtu - 1) / q->mtu));
+    w->req_end = w->req_hi = off + len;
+}
+
 /* Ask again for the holes of w. RR_SEEN: those below what arrived since
  * (REORDER_SLACK later packets are in). RR_ALL, after a timeout or a NAK:
  * every hole of what was requested. RR_MORE: the rest of an RR_ALL that
@@ -621,8 +638,9 @@ static void read_request(Engine *E, qp_t *q, wqe_t *w, uint32_t a, uint32_t b) {
  * WRITE packets in order (go-back-N, as the spec says). */
 enum { RR_SEEN, RR_ALL, RR_MORE };
 static void read_repair(Engine *E, qp_t *q, wqe_t *w, int mode) {
-    uint32_t k = rd_next(w, q->mtu), budget = q->cwnd, sent = 0;
-    uint32_t lim = mode != RR_SEEN ? (uint32_t)((w->req_hi + q->mtu - 1) / q->mtu) : w->seen > REORDER_SLACK ? w->seen - REORDER_SLACK : 0;
+    uint32_t k = rd_next(w, q->mtu), budget = q->cwnd, sent = 0, seen = rd_seen(q, w);
+    uint32_t lim = (uint32_t)((w->req_hi + q->mtu - 1) / q->mtu);
+    if (mode == RR_SEEN && seen < lim + REORDER_SLACK) lim = seen > REORDER_SLACK ? seen - REORDER_SLACK : 0;
     if (mode == RR_ALL) w->rr_mark = k;
     if (k < w->rr_mark) k = w->rr_mark;
     while (k < lim && sent < budget) {
@@ -643,6 +661,8 @@ static void read_repair(Engine *E, qp_t *q, wqe_t *w, int mode) {
 static void pump(Engine *E, qp_t *q) {
     if (q->state != QPS_RTS) return;
     int i = sq_find(q, q->snd_nxt);
+    wqe_t *h = q->sq_n ? sq_at(q, 0) : NULL; /* a head READ whose requested part is in: its next part */
+    if (i != 0 && h && h->op == WR_READ && h->req_hi && h->got >= h->req_end && h->got < h->length) read_more(E, q, h);
     if (i < 0) { arm(E, q); return; }
     uint64_t read_bytes = 0;
     int reads = 0;
@@ -658,12 +678,7 @@ static void pump(Engine *E, qp_t *q) {
             if ((reads >= q->max_rd_atomic || read_bytes >= READ_INFLIGHT_BYTES) && i > 0) break;
             uint64_t off = (uint64_t)k * q->mtu;
             if (off < w->req_hi) read_repair(E, q, w, RR_ALL); /* a resend: only what is missing */
-            else { /* new data: up to READ_INFLIGHT_BYTES per request */
-                uint64_t len = w->length - off;
-                if (len > READ_INFLIGHT_BYTES) len = READ_INFLIGHT_BYTES;
-                read_request(E, q, w, k, k + (uint32_t)((len + q->mtu - 1) / q->mtu));
-                w->req_end = w->req_hi = off + len;
-            }
+            else read_more(E, q, w);
             reads++; read_bytes += w->req_end - w->got;
             q->snd_nxt = psn_add(w->first_psn, w->npkts);
             i++;
@@ -692,11 +707,12 @@ static void go_back(Engine *E, qp_t *q, uint32_t psn) {
     pump(E, q);
 }
 
-/* Complete WQEs whose last PSN is <= psn (READs only when their data is in). */
+/* Complete the WQEs at the head that are done: READs whose responses are all
+ * in, the others when their last PSN is <= psn. */
 static void ack_upto(Engine *E, qp_t *q, uint32_t psn) {
     while (q->sq_n) {
         wqe_t *w = sq_at(q, 0);
-        if (psn_diff(psn, psn_add(w->first_psn, w->npkts - 1)) < 0 || w->op == WR_READ) break;
+        if (w->op == WR_READ ? !w->rd_done : psn_diff(psn, psn_add(w->first_psn, w->npkts - 1)) < 0) break;
         complete_send(E, q, w, WC_SUCCESS, 0);
         sq_pop_front(q);
     }
@@ -766,7 +782,7 @@ static void on_response(Engine *E, qp_t *q, int op, uint32_t psn, const uint8_t 
                 return;
             }
             E->stats[ST_RNR_NAKS]++;
-            q->snd_una = q->snd_nxt = psn;
+            q->snd_nxt = psn; /* snd_una: ack_upto, which keeps it at an earlier READ's hole */
             q->rnr_wait = 1;
             q->deadline = now_ns() + RNR_DELAY_NS;
             return;
@@ -782,9 +798,8 @@ static void on_response(Engine *E, qp_t *q, int op, uint32_t psn, const uint8_t 
             if (q->nak_valid && q->nak_psn == psn && t - q->nak_t < rtt) { E->stats[ST_NAKS_IGNORED]++; return; }
             q->nak_valid = 1; q->nak_psn = psn; q->nak_t = t;
             on_loss(q);
-            q->snd_una = psn;
             progress_made(E, q);
-            go_back(E, q, psn);
+            go_back(E, q, psn); /* (snd_una stays at a READ's hole below psn: ack_upto) */
             return;
         }
         int status = syn == SYN_NAK_REM_ACCESS ? WC_REM_ACCESS_ERR : syn == SYN_NAK_INV_REQ ? WC_REM_INV_REQ_ERR : WC_REM_OP_ERR;
@@ -799,8 +814,11 @@ static void on_response(Engine *E, qp_t *q, int op, uint32_t psn, const uint8_t 
         ack_upto(E, q, psn_add(psn, -1));
         if (!q->sq_n) return;
     }
-    wqe_t *w = sq_at(q, 0);
-    if (w->op != WR_READ) return;
+    /* Usually the head's; a later READ's when the head waits for a hole
+     * (its packets are kept: only the hole is asked for again). */
+    int i = sq_find(q, psn);
+    if (i < 0 || sq_at(q, (uint32_t)i)->op != WR_READ) return;
+    wqe_t *w = sq_at(q, (uint32_t)i);
     int32_t k = psn_diff(psn, w->first_psn);
     uint32_t next = rd_next(w, q->mtu);
     if (k < (int32_t)next || k >= (int32_t)w->npkts || rd_has(w, (uint32_t)k)) return; /* duplicate */
@@ -809,6 +827,7 @@ static void on_response(Engine *E, qp_t *q, int op, uint32_t psn, const uint8_t 
     if (n < hl + (size_t)pad) { E->stats[ST_RX_SHORT]++; return; }
     size_t dl = n - hl - (size_t)pad;
     if (dl != rd_len(w, (uint32_t)k, q->mtu)) {
+        if (i > 0) return; /* judged once it is the head (an error completes in order) */
         sq_pop_front(q);
         complete_send(E, q, w, WC_BAD_RESP_ERR, 1);
         to_error(E, q);
@@ -818,24 +837,32 @@ static void on_response(Engine *E, qp_t *q, int op, uint32_t psn, const uint8_t 
     scatter_copy(w, (uint64_t)k * q->mtu, pkt + hl, dl);
     if ((uint32_t)k == next) /* the in-order prefix grows, over what came early too */
         for (w->got += dl, next++; next < w->npkts && rd_has(w, next); next++) w->got += rd_len(w, next, q->mtu);
-    if ((uint32_t)k + 1 > w->seen) w->seen = (uint32_t)k + 1;
-    q->snd_una = psn_add(w->first_psn, next);
+    if (psn_diff(psn_add(psn, 1), q->rd_hi) > 0) q->rd_hi = psn_add(psn, 1);
+    w->rd_done = w->got == w->length;
     on_acked(q, 1);
     rtt_check(q, psn);
+    if (i > 0) { /* the responder answers in order: an earlier READ's hole below this is a loss */
+        for (uint32_t j = 0; j < (uint32_t)i; j++) {
+            wqe_t *x = sq_at(q, j);
+            if (x->op == WR_READ && rd_seen(q, x) > rd_next(x, q->mtu) + REORDER_SLACK) read_repair(E, q, x, RR_SEEN);
+        }
+        return;
+    }
+    q->snd_una = psn_add(w->first_psn, next);
     q->retries_left = q->retry_cnt; /* forward progress: the timer restarts (no wake-up needed) */
     q->rto = rto_of(q);
     if (q->deadline) q->deadline = now_ns() + q->rto;
-    if (w->got == w->length) {
-        complete_send(E, q, w, WC_SUCCESS, 0);
-        sq_pop_front(q);
+    if (w->rd_done) {
+        /* w, then what later READ responses acknowledged: READs whose data
+         * came early, and the SENDs and WRITEs before them */
+        ack_upto(E, q, psn_add(q->rd_hi, -1));
         progress_made(E, q);
         pump(E, q);
-    } else if (w->got >= w->req_end) { /* what we asked for is in: ask for the next part */
+    } else if (w->got >= w->req_end) { /* what we asked for is in: pump asks for the next part */
         progress_made(E, q);
-        q->snd_nxt = q->snd_una;
         pump(E, q);
     } else if (w->rr_more && next >= w->rr_mark) read_repair(E, q, w, RR_MORE);
-    else if (w->seen > next + REORDER_SLACK) read_repair(E, q, w, RR_SEEN);
+    else if (rd_seen(q, w) > next + REORDER_SLACK) read_repair(E, q, w, RR_SEEN);
     else if (k % ACK_EVERY == 0) progress_made(E, q);
 }
 
@@ -1441,7 +1468,7 @@ static PyObject *Engine_qp_modify(Engine *E, PyObject *args, PyObject *kw) {
             if (access) q->access = access;
         }
         if (state == QPS_RTS && q->state == QPS_RTR) {
-            q->snd_nxt = q->snd_una = q->next_psn = q->snd_max = sq_psn & PSN_MASK;
+            q->snd_nxt = q->snd_una = q->next_psn = q->snd_max = q->rd_hi = sq_psn & PSN_MASK;
             if (retry >= 0) q->retry_cnt = q->retries_left = retry;
             if (rnr >= 0) q->rnr_retry = q->rnr_left = rnr;
             if (tmo) q->timeout_ns = tmo;

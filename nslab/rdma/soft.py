@@ -1114,7 +1114,7 @@ class QP:
                         self._to_error()
                         return
                 self.ctx.stats["rnr_naks"] += 1
-                self.snd_una = self.snd_nxt = psn
+                self.snd_nxt = psn  # snd_una: _ack_upto, which keeps it at an earlier READ's hole
                 self._rnr_wait = True
                 self._deadline = time.monotonic() + RNR_DELAY_S
                 return
@@ -1122,8 +1122,7 @@ class QP:
             self._ack_upto(w.psn_add(psn, -1))
             if syn == w.SYN_NAK_PSN_SEQ:
                 self.ctx.stats["seq_naks"] += 1
-                self.snd_una = psn
-                self._progress()
+                self._progress()  # (snd_una stays at a READ's hole below psn: _ack_upto)
                 self._go_back(psn)
                 return
             status = {

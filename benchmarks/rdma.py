@@ -28,7 +28,8 @@ takes the veth's NAPI path (64 B WRITE p50 9.6 -> 11.8 us), so it is off.
 It prints min/median/max over the runs. --faults adds --fault-runs runs
 through a middle namespace that drops 5 %, duplicates 2 % and reorders 2 % of
 UDP 4791 frames (nslab.rdma.lossy), each timed against the same forwarder
-without faults, and their faulty/clean ratios as min/median/max.
+without faults, and their faulty/clean ratios as min/median/max: of one
+operation at a time, and of 2000 4 KiB READs 16 posted at a time.
 The last line is, for MTU 4096 (the line before it for MTU 1024), medians:
 `write64_p50_us=<n> read1m_gbps=<n> ratio_vs_tcp=<n> spread=<n> read_vs_tcp=<n>`
 with ratio_vs_tcp = 64-byte WRITE p50 / Python TCP write p50 (same run),
@@ -217,9 +218,26 @@ def iperf_gbps(pair) -> float:
         srv.wait()
 
 
+def pipelined_reads(ep, mr, n: int = 2000, size: int = 4096, depth: int = 16) -> None:
+    """n READs of `size` bytes, `depth` posted at a time (a key-value client's
+    gets): the QP keeps max_rd_atomic (4) of them on the wire."""
+    posted = done = 0
+    while done < n:
+        while posted < n and posted - done < depth:
+            wr = v.SendWR(posted, e.IBV_WR_RDMA_READ, sg=[v.SGE(mr.buf + (posted % depth) * size, size, mr.lkey)], send_flags=e.IBV_SEND_SIGNALED)  # fmt: skip
+            wr.set_wr_rdma(ep.private["rkey"], ep.private["addr"] + (posted % 64) * size)
+            ep.qp.post_send(wr)
+            posted += 1
+        wcs = ep.cq.poll_wait(depth, timeout=30, busy=True)
+        if not wcs or any(wc.status != 0 for wc in wcs):
+            raise RuntimeError(f"pipelined READ failed: {wcs}")
+        done += len(wcs)
+
+
 def fault_run(native: bool, mb: int) -> dict:
     """Wall time of a fixed workload (WRITE/READ 1 MiB x mb/3, 64 B WRITE x 300)
-    through the lossy forwarder with faults vs without."""
+    through the lossy forwarder with faults vs without; and, timed on its own,
+    2000 4 KiB READs 16 posted at a time."""
     out = {}
     for name, args in (("clean", ["--drop", "0", "--dup", "0", "--reorder", "0"]), ("faulty", ["--drop", "0.05", "--dup", "0.02", "--reorder", "0.02"])):  # fmt: skip
         chain = make_chain(f"trdmaf{os.getpid() % 1000}", subnet="10.79.6")
@@ -257,9 +275,17 @@ def fault_run(native: bool, mb: int) -> dict:
                 if ep.cq.poll_wait(1, timeout=30, busy=True)[0].status != 0:
                     raise RuntimeError(f"{name}: 64 B write failed")
             out[name] = time.perf_counter() - t0
-            out[name + "_retransmits"] = ctx.stats["retransmits"]
-            out[name + "_timeouts"] = ctx.stats["timeouts"]
-            out[name + "_read_gaps"] = ctx.stats["read_gaps"]
+            st = ctx.stats  # a Counter: 0 for what never happened
+            for k in ("retransmits", "timeouts", "read_gaps"):
+                out[f"{name}_{k}"] = st[k]
+            t1 = time.perf_counter()
+            try:
+                pipelined_reads(ep, mr)
+            except RuntimeError as exc:
+                raise RuntimeError(f"{name}: {exc}; stats {dict(ctx.stats)}") from None
+            out[name + "_reads"] = time.perf_counter() - t1
+            for k in ("timeouts", "read_gaps"):
+                out[f"{name}_reads_{k}"] = ctx.stats[k] - st[k]
             ep.close()
             ctx.close()
         finally:
@@ -268,6 +294,7 @@ def fault_run(native: bool, mb: int) -> dict:
                 p.wait()
             chain.remove()
     out["ratio"] = out["faulty"] / out["clean"]
+    out["reads_ratio"] = out["faulty_reads"] / out["clean_reads"]
     return out
 
 
@@ -358,12 +385,15 @@ def main() -> int:
     print(f"{'responder app CPU [ms]':<26}{_mmm([r['cpu1024']['app_cpu_ms'] for r in runs]):>30}{_mmm([r['cpu4096']['app_cpu_ms'] for r in runs]):>30}")  # fmt: skip
     print("targets: 64 B WRITE p50 <= 10 us and <= 0.5x TCP; spread <= 1.5; 1 MiB READ >= 5 Gbit/s and >= 0.5x iperf3; hardware RoCE ~1 us")  # fmt: skip
     if args.faults:
-        fr = []
+        fr, rr = [], []
         for i in range(args.fault_runs):
             f = fault_run(nat, args.mb)
             fr.append(f["ratio"])
+            rr.append(f["reads_ratio"])
             print(f"faults run {i + 1} (5 % drop, 2 % dup, 2 % reorder; load {os.getloadavg()[0]:.1f}): clean {f['clean']:.2f} s, faulty {f['faulty']:.2f} s ({f['faulty_retransmits']} retransmits, {f['faulty_timeouts']} timeouts, {f['faulty_read_gaps']} READ holes asked for again): faulty/clean = {f['ratio']:.2f}")  # fmt: skip
+            print(f"  2000 4 KiB READs, 16 posted: clean {f['clean_reads']:.2f} s, faulty {f['faulty_reads']:.2f} s ({f['faulty_reads_timeouts']} timeouts, {f['faulty_reads_read_gaps']} READ holes asked for again): faulty/clean = {f['reads_ratio']:.2f}")  # fmt: skip
         print(f"{'faulty/clean (target <= 5)':<26}{_mmm(fr):>90}")
+        print(f"{'4 KiB READs faulty/clean':<26}{_mmm(rr):>90}")
 
     def line(k: str) -> str:
         w50 = [r[k]["write64_p50_us"] for r in runs]

@@ -394,6 +394,44 @@ def _queued_requests(sock: socket.socket) -> list[tuple[int, int, int]]:
     return out
 
 
+class FakeResponder:
+    """A native requester whose responder the test plays: the server's context
+    is closed once connected, and a plain UDP socket on its port sees what the
+    requester sends (`sock`); `read_response` hands it an answer."""
+
+    AETH = w.AETH.pack((w.SYN_ACK << 24) | 1)
+
+    def __init__(self, ep, cli: Side, sock: socket.socket, srv_port: int):
+        self.ep, self.cli, self.sock, self.srv_port = ep, cli, sock, srv_port
+
+    def read_response(self, op: int, psn: int, payload: bytes) -> None:
+        body = w.pack_bth(op, self.ep.qp.qp_num, psn)
+        body += (self.AETH if op != w.READ_RESP_MIDDLE else b"") + payload
+        self.feed(_packet(self.cli.ctx.port, self.srv_port, body))
+
+    def feed(self, packet: bytes) -> None:
+        self.cli.ctx.engine.feed(packet, "127.0.0.1", self.srv_port)
+
+
+@contextlib.contextmanager
+def fake_responder():
+    srv = Side(None, "127.0.0.1", True)
+    cli = Side(None, "127.0.0.1", True)
+    sock = None
+    try:
+        ep, _ = connect(srv, cli, None, None, "127.0.0.1", 1024)
+        port = srv.ctx.port
+        srv.ctx.close()  # its port is ours now
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", port))
+        yield FakeResponder(ep, cli, sock, port)
+    finally:
+        if sock is not None:
+            sock.close()
+        cli.ctx.close()
+        srv.ctx.close()
+
+
 @needs_native
 def test_a_lost_read_response_costs_a_re_request_of_the_hole_only():
     """The native requester places READ responses by PSN in any order and
@@ -401,41 +439,25 @@ def test_a_lost_read_response_costs_a_re_request_of_the_hole_only():
     for everything after it (go-back-N). The test plays the responder: it
     answers on the wire the requester uses, with packet 2 of 8 left out and
     packets 5 and 4 swapped (reordering is not a loss)."""
-    srv = Side(None, "127.0.0.1", True)
-    cli = Side(None, "127.0.0.1", True)
-    fake = None
-    try:
-        ep, sep = connect(srv, cli, None, None, "127.0.0.1", 1024)
-        sp, cp, qpn = srv.ctx.port, cli.ctx.port, ep.qp.qp_num
-        srv.ctx.close()  # its port is ours now: we see what the requester sends
-        fake = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        fake.bind(("127.0.0.1", sp))
+    with fake_responder() as fake:
         data = random.Random(5).randbytes(8 * 1024)
-        rdma(ep, cli, e.IBV_WR_RDMA_READ, len(data), 1 << 20, 0)
-        ((psn, va, ln),) = _requests(fake, 1)
+        rdma(fake.ep, fake.cli, e.IBV_WR_RDMA_READ, len(data), 1 << 20, 0)
+        ((psn, va, ln),) = _requests(fake.sock, 1)
         assert ln == len(data)
-        aeth = w.AETH.pack((w.SYN_ACK << 24) | 1)
 
         def respond(k: int, op: int) -> None:
-            body = w.pack_bth(op, qpn, w.psn_add(psn, k))
-            body += (aeth if op != w.READ_RESP_MIDDLE else b"") + data[k * 1024 : (k + 1) * 1024]
-            cli.ctx.engine.feed(_packet(cp, sp, body), "127.0.0.1", sp)
+            fake.read_response(op, w.psn_add(psn, k), data[k * 1024 : (k + 1) * 1024])
 
         ops = [w.READ_RESP_FIRST] + [w.READ_RESP_MIDDLE] * 6 + [w.READ_RESP_LAST]
         for k in (0, 1, 3, 5, 4, 6, 7):  # 2 is lost; 4 comes after 5
             respond(k, ops[k])
         # (on a slow machine the timer may resend the first request: skip it)
-        again = next(r for r in iter(lambda: _requests(fake, 1)[0], None) if r != (psn, va, ln))
+        again = next(r for r in iter(lambda: _requests(fake.sock, 1)[0], None) if r != (psn, va, ln))  # fmt: skip
         assert again == (w.psn_add(psn, 2), va + 2048, 1024), again  # the hole, and only it
         respond(2, w.READ_RESP_ONLY)  # the re-request's only response
-        wait(ep.cq, timeout=5)
-        assert cli.mr.read(len(data), 1 << 20) == data
-        assert cli.ctx.stats["read_gaps"] >= 1, cli.ctx.stats
-    finally:
-        if fake is not None:
-            fake.close()
-        cli.ctx.close()
-        srv.ctx.close()
+        wait(fake.ep.cq, timeout=5)
+        assert fake.cli.mr.read(len(data), 1 << 20) == data
+        assert fake.cli.ctx.stats["read_gaps"] >= 1, fake.cli.ctx.stats
 
 
 @needs_native
@@ -444,30 +466,21 @@ def test_a_hole_in_one_read_costs_the_reads_after_it_nothing():
     responses of the other three are kept, not dropped and asked for again
     after a timeout. The first READ alone is asked for again, as soon as two
     later responses are in; all four complete, in order."""
-    srv = Side(None, "127.0.0.1", True)
-    cli = Side(None, "127.0.0.1", True)
-    fake = None
-    try:
-        ep, _ = connect(srv, cli, None, None, "127.0.0.1", 1024)
-        sp, cp, qpn = srv.ctx.port, cli.ctx.port, ep.qp.qp_num
-        srv.ctx.close()  # its port is ours now
-        fake = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        fake.bind(("127.0.0.1", sp))
+    with fake_responder() as fake:
+        ep, cli = fake.ep, fake.cli
         data = [random.Random(i).randbytes(1024) for i in range(4)]
         for i in range(4):
             rdma(ep, cli, e.IBV_WR_RDMA_READ, 1024, (1 << 20) + i * 1024, i * 1024, wr_id=10 + i)
-        reqs = _requests(fake, 4)
+        reqs = _requests(fake.sock, 4)
         assert [ln for _, _, ln in reqs] == [1024] * 4, reqs
-        aeth = w.AETH.pack((w.SYN_ACK << 24) | 1)
 
         def respond(i: int) -> None:
-            body = w.pack_bth(w.READ_RESP_ONLY, qpn, reqs[i][0]) + aeth + data[i]
-            cli.ctx.engine.feed(_packet(cp, sp, body), "127.0.0.1", sp)
+            fake.read_response(w.READ_RESP_ONLY, reqs[i][0], data[i])
 
         t0 = cli.ctx.stats["timeouts"]
         respond(1)  # one later response: maybe reordering, nothing asked yet
         respond(2)  # two: the first READ's response is lost
-        asked = _queued_requests(fake)
+        asked = _queued_requests(fake.sock)
         if cli.ctx.stats["timeouts"] == t0:  # (else a timer asked too: for the same hole)
             assert asked == [reqs[0]], asked
         respond(3)
@@ -477,64 +490,42 @@ def test_a_hole_in_one_read_costs_the_reads_after_it_nothing():
         assert [wc.wr_id for wc in wcs] == [10, 11, 12, 13]
         for i in range(4):
             assert cli.mr.read(1024, (1 << 20) + i * 1024) == data[i], i
-        asked += _queued_requests(fake)
+        asked += _queued_requests(fake.sock)
         assert set(asked) == {reqs[0]}, asked  # never the three whose responses came
-    finally:
-        if fake is not None:
-            fake.close()
-        cli.ctx.close()
-        srv.ctx.close()
 
 
 def _window_resend_once() -> bool | None:
     """One run of the scenario below; None when a timer fired while the test
     fed the first window (then what followed is the timer's, not the feed's)."""
-    srv = Side(None, "127.0.0.1", True)
-    cli = Side(None, "127.0.0.1", True)
-    fake = None
-    try:
-        ep, _ = connect(srv, cli, None, None, "127.0.0.1", 1024)
-        sp, cp, qpn = srv.ctx.port, cli.ctx.port, ep.qp.qp_num
-        srv.ctx.close()  # its port is ours now
-        fake = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        fake.bind(("127.0.0.1", sp))
+    with fake_responder() as fake:
         n = 1024
         data = random.Random(6).randbytes(n * 1024)
-        rdma(ep, cli, e.IBV_WR_RDMA_READ, len(data), 1 << 20, 0)
-        ((psn, va, ln),) = _requests(fake, 1)
-        aeth = w.AETH.pack((w.SYN_ACK << 24) | 1)
+        rdma(fake.ep, fake.cli, e.IBV_WR_RDMA_READ, len(data), 1 << 20, 0)
+        ((psn, va, ln),) = _requests(fake.sock, 1)
 
-        def packet(k: int, first: int, last: int) -> bytes:
-            op = w.READ_RESP_FIRST if k == first else w.READ_RESP_LAST if k == last else w.READ_RESP_MIDDLE  # fmt: skip
-            body = w.pack_bth(op, qpn, w.psn_add(psn, k))
-            body += (aeth if op != w.READ_RESP_MIDDLE else b"") + data[k * 1024 : (k + 1) * 1024]
-            return _packet(cp, sp, body)
+        def window(a: int, b: int) -> None:
+            """The responses to a request for packets [a, b)."""
+            for k in range(a, b):
+                op = w.READ_RESP_FIRST if k == a else w.READ_RESP_LAST if k == b - 1 else w.READ_RESP_MIDDLE  # fmt: skip
+                fake.read_response(op, w.psn_add(psn, k), data[k * 1024 : (k + 1) * 1024])
 
         # No answer at all: the timer asks again, for the first window only
         # (the window is MAX_INFLIGHT = 512 packets; nothing was lost before).
-        again = next(r for r in iter(lambda: _requests(fake, 1, 10)[0], None) if r != (psn, va, ln))
+        again = next(r for r in iter(lambda: _requests(fake.sock, 1, 10)[0], None) if r != (psn, va, ln))  # fmt: skip
         assert again == (psn, va, 512 * 1024), again
-        first = [packet(k, 0, 511) for k in range(512)]  # built before: the feed is quick
-        t0 = cli.ctx.stats["timeouts"]
-        for p in first:
-            cli.ctx.engine.feed(p, "127.0.0.1", sp)
-        if cli.ctx.stats["timeouts"] != t0:
+        t0 = fake.cli.ctx.stats["timeouts"]
+        window(0, 512)
+        if fake.cli.ctx.stats["timeouts"] != t0:
             return None
         # The second window was asked for by the last packet of the first,
         # before this line: it is waiting in the socket already.
-        pending = _queued_requests(fake)
+        pending = _queued_requests(fake.sock)
         rest = (w.psn_add(psn, 512), va + 512 * 1024, 512 * 1024)
         assert [r for r in pending if r != again] == [rest], pending
-        for k in range(512, n):
-            cli.ctx.engine.feed(packet(k, 512, n - 1), "127.0.0.1", sp)
-        wait(ep.cq, timeout=5)
-        assert cli.mr.read(len(data), 1 << 20) == data
+        window(512, n)
+        wait(fake.ep.cq, timeout=5)
+        assert fake.cli.mr.read(len(data), 1 << 20) == data
         return True
-    finally:
-        if fake is not None:
-            fake.close()
-        cli.ctx.close()
-        srv.ctx.close()
 
 
 @needs_native

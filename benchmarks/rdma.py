@@ -40,6 +40,7 @@ Gbit/s / iperf3 Gbit/s (same run).
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import resource
@@ -275,7 +276,7 @@ def fault_run(native: bool, mb: int) -> dict:
                 if ep.cq.poll_wait(1, timeout=30, busy=True)[0].status != 0:
                     raise RuntimeError(f"{name}: 64 B write failed")
             out[name] = time.perf_counter() - t0
-            st = ctx.stats  # a Counter: 0 for what never happened
+            st = collections.Counter(ctx.stats)  # a copy: the Python data path's is live
             for k in ("retransmits", "timeouts", "read_gaps"):
                 out[f"{name}_{k}"] = st[k]
             t1 = time.perf_counter()

@@ -411,7 +411,12 @@ def test_retrieval_accuracy(lab, retrieval, record, expect):
 
 # -- the measured curve ---------------------------------------------------------------
 
-CURVE_TOL = 2.0  # your TTFT(longest) / TTFT(shortest) within x/÷ 2 of the grader's
+# Your TTFT(longest) / TTFT(shortest) within x/÷ 3 of the grader's. Measured on
+# the 2-core VM: the grader's ratio for 32 and 768 tokens was 7.8-15.8 on a
+# quiet machine (six measurements) and 18.5 while a second grading ran; the
+# reference curve's is 8.9. A flat or made-up curve (ratio 1-2) still fails.
+CURVE_TOL = 3.0
+CURVE_SAMPLES = 9  # per length, the two lengths alternating (they share any contention)
 
 
 def _curve(lab) -> list[tuple[float, float]]:
@@ -450,10 +455,12 @@ def test_curve_measured(lab, record, expect):
     try:
         rng = random.Random(SEED + 1)
         asyncio.run(_send_all(eng.url, [_ids(rng, 32) for _ in range(3)], 1))  # warm up
+        short, long = lens[0], lens[-1]
+        prompts = [_ids(rng, int(n)) for _ in range(CURVE_SAMPLES) for n in (short, long)]
+        res, _ = asyncio.run(_send_all(eng.url, prompts, 1))
         grader = {}
-        for n in (lens[0], lens[-1]):
-            res, _ = asyncio.run(_send_all(eng.url, [_ids(rng, int(n)) for _ in range(7)], 1))
-            ok = [1000 * r.ttft for r in res if r.ok]
+        for n, part in ((short, res[0::2]), (long, res[1::2])):
+            ok = [1000 * r.ttft for r in part if r.ok]
             assert ok, "grader problem: the engine served none of its own requests; grade again"
             grader[n] = statistics.median(ok)
     finally:

@@ -477,13 +477,18 @@ def test_a_hole_in_one_read_costs_the_reads_after_it_nothing():
         def respond(i: int) -> None:
             fake.read_response(w.READ_RESP_ONLY, reqs[i][0], data[i])
 
+        # On a slow machine (valgrind) a timer may ask again for all four
+        # before any response comes, or between the responses: what it asks
+        # is its own, so the checks of what was asked hold only without one.
         t0 = cli.ctx.stats["timeouts"]
+        _queued_requests(fake.sock)
         respond(1)  # one later response: maybe reordering, nothing asked yet
         respond(2)  # two: the first READ's response is lost
         asked = _queued_requests(fake.sock)
-        if cli.ctx.stats["timeouts"] == t0:  # (else a timer asked too: for the same hole)
-            assert asked == [reqs[0]], asked
         respond(3)
+        no_timer = cli.ctx.stats["timeouts"] == t0
+        if no_timer:
+            assert asked == [reqs[0]], asked
         assert ep.cq.poll(4) == (0, []), "a READ completed before the one posted earlier"
         respond(0)
         wcs = wait(ep.cq, 4, timeout=5)
@@ -491,7 +496,8 @@ def test_a_hole_in_one_read_costs_the_reads_after_it_nothing():
         for i in range(4):
             assert cli.mr.read(1024, (1 << 20) + i * 1024) == data[i], i
         asked += _queued_requests(fake.sock)
-        assert set(asked) == {reqs[0]}, asked  # never the three whose responses came
+        if no_timer:
+            assert set(asked) == {reqs[0]}, asked  # never the three whose responses came
 
 
 def _window_resend_once() -> bool | None:
